@@ -1,0 +1,61 @@
+"""Typed constructors: hyper-parameter tuning events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from events.catalogue import register
+from events.envelope import EventData
+
+__all__ = ["Params", "StudyCompleted", "TrialFinished", "TrialRequested"]
+
+Params = dict[str, float | int | str | bool]
+
+
+@register
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrialRequested(EventData):
+    """The tuner asks for one trial (tune -> trial)."""
+
+    TYPE: ClassVar[str] = "dev.faaspipe.tuning.trial.requested.v1"
+    study_id: str
+    trial_number: int
+    params: Params
+    dataset_version: str
+    feature_view: str
+    seed: int
+
+
+@register
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrialFinished(EventData):
+    """One trial finished, ok or failed (trial -> tune)."""
+
+    TYPE: ClassVar[str] = "dev.faaspipe.tuning.trial.finished.v1"
+    study_id: str
+    trial_number: int
+    params: Params
+    status: Literal["ok", "failed"]
+    score: float | None
+    score_std: float | None = None
+    best_iteration: int | None = None
+    run_id: str | None = None
+    duration_s: float
+    error: str | None = None
+
+
+@register
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StudyCompleted(EventData):
+    """A study stopped with its best parameters (tune -> train)."""
+
+    TYPE: ClassVar[str] = "dev.faaspipe.tuning.study.completed.v1"
+    study_id: str
+    parent_run_id: str
+    dataset_version: str
+    feature_view: str
+    best_params: Params
+    best_score: float
+    n_trials: int
+    stop_reason: Literal["budget_trials", "budget_time", "early_stop"]
