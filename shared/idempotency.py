@@ -1,0 +1,388 @@
+"""Idempotent event handling: drop CloudEvents that were already processed.
+
+Delivery is at-least-once, so a handler may see the same event (same ``source`` +
+``id``) more than once: a broker retry after a timeout, a replica restart before the
+offset commit, a trigger replay. A store records each key as *in progress* (with a
+lease) while a handler runs and as *done* (with the encoded reply) afterwards, so a
+duplicate is answered from the store instead of being processed again.
+
+Backends (pick with :func:`open_store`):
+
+* ``sqlite:///abs/path.db[?retention_days=7]`` -- one file, shared by every process on
+  one machine (WAL mode, busy timeout, claims in ``BEGIN IMMEDIATE`` transactions).
+* ``redis://host:port/db[?prefix=faaspipe:idem:&ttl_days=7]`` -- shared by replicas on
+  several machines (claim = one Lua script around ``SET NX PX``).
+
+A lease that expires (the worker crashed or hung) lets the next claim take the key over.
+``release`` only drops a claim still held by the same store object, so a slow worker
+cannot wipe the claim of the worker that took its key over.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+__all__ = [
+    "Claim",
+    "DuplicateInFlight",
+    "IdempotencyStore",
+    "RedisIdempotencyStore",
+    "SQLiteIdempotencyStore",
+    "event_key",
+    "open_store",
+    "run_once",
+]
+
+ClaimState = Literal["new", "done", "in_progress"]
+R = TypeVar("R")
+
+DEFAULT_RETENTION_DAYS = 7.0
+_DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outcome of :meth:`IdempotencyStore.claim`; ``reply`` is set only for a done key."""
+
+    state: ClaimState
+    reply: bytes | None = None
+
+
+class IdempotencyStore(Protocol):
+    def claim(self, key: str, lease_s: float = 60.0) -> Claim:
+        """Unknown or lease-expired key -> record in progress, "new"; done -> "done" + reply;
+        live in-progress key -> "in_progress"."""
+        ...
+
+    def complete(self, key: str, reply: bytes | None) -> None:
+        """Mark ``key`` done and store ``reply`` for later duplicates."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Drop our in-progress claim (handler failed) so a retry may run it again."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DuplicateInFlight(RuntimeError):
+    """The event is being processed right now by another worker (live lease).
+
+    The function runtime answers HTTP 409 so the broker redelivers it later, by when
+    it is either done (answered from the store) or its lease expired (run again).
+    """
+
+
+def event_key(event: Any) -> str:
+    """Unambiguous key for a CloudEvents v2 event: ``"<len(source)>:<source>:<id>"``.
+
+    The length prefix fixes where ``source`` ends, so no ``source``/``id`` pair can
+    collide with another one whatever characters they contain.
+    """
+    source = str(event.get_source())
+    event_id = str(event.get_id())
+    return f"{len(source)}:{source}:{event_id}"
+
+
+def run_once(
+    store: IdempotencyStore,
+    event: Any,
+    handler: Callable[[Any], R | None],
+    *,
+    encode_reply: Callable[[R], bytes],
+    decode_reply: Callable[[bytes], R],
+    lease_s: float = 60.0,
+) -> R | None:
+    """Run ``handler(event)`` at most once per event key (while the store remembers it).
+
+    * done        -> the stored reply, decoded (``None`` if there was none); handler not called.
+    * in_progress -> raises :class:`DuplicateInFlight`.
+    * new         -> calls the handler; on success stores ``encode_reply(reply)`` (``None``
+      for a ``None`` reply) and returns the reply; on exception releases the key and
+      re-raises, so a redelivery runs it again.
+    """
+    key = event_key(event)
+    claim = store.claim(key, lease_s)
+    if claim.state == "done":
+        return None if claim.reply is None else decode_reply(claim.reply)
+    if claim.state == "in_progress":
+        raise DuplicateInFlight(f"event {key!r} is already being processed")
+    try:
+        reply = handler(event)
+    except BaseException:
+        store.release(key)
+        raise
+    store.complete(key, None if reply is None else encode_reply(reply))
+    return reply
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class SQLiteIdempotencyStore:
+    """Idempotency keys in one SQLite file, safe for threads and processes on one host.
+
+    One connection per thread (all closed by :meth:`close`), WAL journal, a busy timeout
+    and ``BEGIN IMMEDIATE`` claims: the read-decide-write of a claim holds the database
+    write lock, so two processes can never both get "new" for a key. ``synchronous=NORMAL``
+    survives process crashes; a power loss may forget the latest marks, which
+    at-least-once handling tolerates.
+
+    With ``retention_days`` set, rows not touched for that long are pruned at open and
+    then at most once per ``prune_interval_s`` (checked on claim).
+    """
+
+    _SCHEMA = """
+        CREATE TABLE IF NOT EXISTS idempotency (
+            key         TEXT PRIMARY KEY,
+            state       TEXT NOT NULL,
+            token       TEXT,
+            reply       BLOB,
+            lease_until REAL NOT NULL,
+            updated     REAL NOT NULL
+        )
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention_days: float | None = DEFAULT_RETENTION_DAYS,
+        busy_timeout_s: float = 30.0,
+        prune_interval_s: float = 3600.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self.retention_days = retention_days
+        self.busy_timeout_s = busy_timeout_s
+        self.prune_interval_s = prune_interval_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._tokens: dict[str, str] = {}
+        self._closed = False
+        self._next_prune = 0.0
+        conn = self._conn()
+        with self._lock:
+            conn.execute(self._SCHEMA)
+        self._maybe_prune(time.time())
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise RuntimeError("idempotency store is closed")
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def claim(self, key: str, lease_s: float = 60.0) -> Claim:
+        conn = self._conn()
+        now = time.time()
+        token = uuid.uuid4().hex
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT state, reply, lease_until FROM idempotency WHERE key = ?", (key,)
+            ).fetchone()
+            if row is not None and row[0] == "done":
+                result = Claim("done", None if row[1] is None else bytes(row[1]))
+            elif row is not None and row[2] > now:
+                result = Claim("in_progress")
+            else:
+                conn.execute(
+                    "INSERT INTO idempotency (key, state, token, reply, lease_until, updated)"
+                    " VALUES (?, 'in_progress', ?, NULL, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET state = excluded.state, token = excluded.token,"
+                    " reply = NULL, lease_until = excluded.lease_until, updated = excluded.updated",
+                    (key, token, now + lease_s, now),
+                )
+                result = Claim("new")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if result.state == "new":
+            with self._lock:
+                self._tokens[key] = token
+        self._maybe_prune(now)
+        return result
+
+    def complete(self, key: str, reply: bytes | None) -> None:
+        now = time.time()
+        self._conn().execute(
+            "INSERT INTO idempotency (key, state, token, reply, lease_until, updated)"
+            " VALUES (?, 'done', NULL, ?, 0, ?)"
+            " ON CONFLICT(key) DO UPDATE SET state = 'done', token = NULL, reply = excluded.reply,"
+            " lease_until = 0, updated = excluded.updated",
+            (key, reply, now),
+        )
+        with self._lock:
+            self._tokens.pop(key, None)
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            token = self._tokens.pop(key, None)
+        if token is not None:
+            self._conn().execute(
+                "DELETE FROM idempotency WHERE key = ? AND state = 'in_progress' AND token = ?",
+                (key, token),
+            )
+
+    def prune(self, older_than_s: float) -> int:
+        """Delete rows (done or abandoned) last updated more than ``older_than_s`` ago."""
+        now = time.time()
+        cur = self._conn().execute(
+            "DELETE FROM idempotency WHERE updated < ? AND (state = 'done' OR lease_until < ?)",
+            (now - older_than_s, now),
+        )
+        return cur.rowcount
+
+    def _maybe_prune(self, now: float) -> None:
+        if self.retention_days is None or now < self._next_prune:
+            return
+        self._next_prune = now + self.prune_interval_s
+        self.prune(self.retention_days * _DAY_S)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> SQLiteIdempotencyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- Redis
+
+# Returns {1} new, {2, value} done, {3} in progress. An in-progress key carries its lease
+# as the key's PX expiry, so an expired lease is simply a missing key: taken over here.
+_CLAIM_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1}
+end
+local v = redis.call('GET', KEYS[1])
+if string.sub(v, 1, 1) == 'D' then
+  return {2, v}
+end
+return {3}
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisIdempotencyStore:
+    """Idempotency keys in Redis, shared by replicas on any number of hosts.
+
+    Value of ``prefix + key``: ``b"P" + token`` while in progress (expires with the lease),
+    ``b"D0"`` (done, no reply) or ``b"D1" + reply`` once done (expires after ``ttl_s``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "faaspipe:idem:",
+        *,
+        ttl_s: float = DEFAULT_RETENTION_DAYS * _DAY_S,
+        client: Any = None,
+    ) -> None:
+        import redis  # lazy: only environments using a Redis store need the package
+
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._redis = client if client is not None else redis.Redis.from_url(url)
+        self._claim = self._redis.register_script(_CLAIM_LUA)
+        self._release = self._redis.register_script(_RELEASE_LUA)
+        self._lock = threading.Lock()
+        self._tokens: dict[str, bytes] = {}
+
+    def claim(self, key: str, lease_s: float = 60.0) -> Claim:
+        token = b"P" + uuid.uuid4().hex.encode()
+        lease_ms = max(1, int(lease_s * 1000))
+        res = self._claim(keys=[self.prefix + key], args=[token, lease_ms])
+        code = int(res[0])
+        if code == 1:
+            with self._lock:
+                self._tokens[key] = token
+            return Claim("new")
+        if code == 2:
+            value = bytes(res[1])
+            return Claim("done", value[2:] if value[1:2] == b"1" else None)
+        return Claim("in_progress")
+
+    def complete(self, key: str, reply: bytes | None) -> None:
+        value = b"D0" if reply is None else b"D1" + reply
+        self._redis.set(self.prefix + key, value, px=max(1, int(self.ttl_s * 1000)))
+        with self._lock:
+            self._tokens.pop(key, None)
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            token = self._tokens.pop(key, None)
+        if token is not None:
+            self._release(keys=[self.prefix + key], args=[token])
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> RedisIdempotencyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def open_store(url: str) -> IdempotencyStore:
+    """Open a store from a URL.
+
+    * ``sqlite:///abs/path.db`` (query: ``retention_days``, ``0`` or ``none`` disables pruning)
+    * ``redis://host:port/db`` / ``rediss://...`` (query: ``prefix``, ``ttl_days``; other
+      query parameters are passed on to redis-py)
+    """
+    parsed = urlparse(url)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    if parsed.scheme == "sqlite":
+        if not parsed.path or parsed.netloc:
+            raise ValueError(f"expected sqlite:///abs/path.db, got {url!r}")
+        retention: float | None = DEFAULT_RETENTION_DAYS
+        if "retention_days" in query:
+            raw = query["retention_days"].strip().lower()
+            retention = None if raw in ("", "0", "none") else float(raw)
+        return SQLiteIdempotencyStore(parsed.path, retention_days=retention)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        prefix = query.pop("prefix", "faaspipe:idem:")
+        ttl_days = float(query.pop("ttl_days", DEFAULT_RETENTION_DAYS))
+        rest = urlunparse(parsed._replace(query=urlencode(query)))
+        return RedisIdempotencyStore(rest, prefix, ttl_s=ttl_days * _DAY_S)
+    raise ValueError(f"unsupported idempotency store URL {url!r} (use sqlite:/// or redis://)")
