@@ -1,0 +1,35 @@
+"""Where a function finds the platform: read from the environment its runtime sets.
+
+On localdev the supervisor sets these; on Kubernetes the generated manifests do
+(``K_SINK`` is injected by Knative's SinkBinding for sources).
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from minio import Minio
+
+
+def kafka_bootstrap() -> str:
+    return os.environ.get("FAASPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def sink_url() -> str:
+    """Where to send events: the broker ingress (Knative ``K_SINK``)."""
+    try:
+        return os.environ["K_SINK"]
+    except KeyError:
+        raise RuntimeError("K_SINK is not set: this process does not know where the broker is") from None
+
+
+def s3_client() -> Minio:
+    endpoint = urlparse(os.environ.get("FAASPIPE_S3_ENDPOINT", "http://127.0.0.1:8333"))
+    return Minio(
+        endpoint.netloc,
+        access_key=os.environ.get("FAASPIPE_S3_ACCESS_KEY"),
+        secret_key=os.environ.get("FAASPIPE_S3_SECRET_KEY"),
+        secure=endpoint.scheme == "https",
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
