@@ -1,0 +1,259 @@
+"""A trigger's dispatcher: one Kafka consumer group per trigger, delivering over HTTP.
+
+Semantics follow the Knative Kafka broker with unordered delivery:
+- events are read from the broker topic; those matching the trigger's filters are delivered
+  concurrently (up to ``max_in_flight``), each with the trigger's retry policy;
+- offsets are committed only for the contiguous prefix of finished events per partition,
+  so a crash re-delivers (at-least-once) and never skips;
+- an event that exhausts its retries goes to the dead-letter topic with ``knativeerror*``;
+- a new trigger starts at the log end, like a Knative trigger that becomes ready: its group
+  offsets are initialised before it reports ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Histogram
+
+from localdev.broker.delivery import Deliverer, Outcome, dead_letter_event
+from localdev.broker.filters import matches
+from localdev.topology import Trigger
+from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, from_kafka, to_kafka, with_attributes
+from shared.kafka_offsets import offsets_consumer, true_end_offsets
+
+log = logging.getLogger("faaspipe.dispatcher")
+
+REPLAY_TARGET = "faaspipetarget"  # extension set by `faaspipe dlq replay`: deliver to this trigger only
+SESSION_TIMEOUT_MS = 6000  # a group join takes ~half of it; Kafka's 45 s default would stall scaling
+
+DELIVERIES = Counter("faaspipe_trigger_deliveries_total", "Deliveries", ["trigger", "outcome"])
+DELIVERY_LATENCY = Histogram(
+    "faaspipe_trigger_delivery_seconds",
+    "Time from ingress (event record timestamp) to acknowledged delivery",
+    ["trigger"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+@dataclass
+class BrokerTopics:
+    bootstrap: str
+    topic: str
+    dlq_topic: str
+
+
+def initialise_group(bootstrap: str, group: str, topic: str) -> dict[int, int] | None:
+    """Commit the log end for a group that has never committed; return what was set."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            raise RuntimeError(f"topic {topic} has no partitions (not created?)")
+        committed = {tp: consumer.committed(tp) for tp in partitions}
+        if any(c is not None and c >= 0 for c in committed.values()):
+            return None
+        reader = offsets_consumer(bootstrap)
+        try:
+            ends = true_end_offsets(reader, partitions)
+        finally:
+            reader.close(autocommit=False)
+        consumer.assign(partitions)
+        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in ends.items()})
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        consumer.close(autocommit=False)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, dispatcher: TriggerDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.dispatcher.drain(revoked)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "trigger %s: assigned %s", self.dispatcher.trigger.name, sorted(tp.partition for tp in assigned)
+        )
+
+
+class TriggerDispatcher(threading.Thread):
+    def __init__(
+        self,
+        trigger: Trigger,
+        subscriber_url: str,
+        topics: BrokerTopics,
+        deliverer: Deliverer,
+        dlq_producer: KafkaProducer,
+        *,
+        max_in_flight: int = 16,
+    ) -> None:
+        super().__init__(name=f"dispatch-{trigger.name}", daemon=True)
+        self.trigger = trigger
+        self.subscriber_url = subscriber_url
+        self.topics = topics
+        self.deliverer = deliverer
+        self.dlq_producer = dlq_producer
+        self.max_in_flight = max_in_flight
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"deliver-{trigger.name}")
+        self._pending: dict[TopicPartition, deque[tuple[int, Future[None] | None]]] = {}
+        self._consumer: KafkaConsumer | None = None
+
+    # --- consumer loop (only this thread touches the consumer) ---------------
+    def run(self) -> None:
+        try:
+            initialise_group(self.topics.bootstrap, self.trigger.consumer_group, self.topics.topic)
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.topics.bootstrap,
+                group_id=self.trigger.consumer_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=SESSION_TIMEOUT_MS,
+                heartbeat_interval_ms=1000,
+                max_poll_records=self.max_in_flight,
+            )
+            self._consumer.subscribe([self.topics.topic], listener=_Rebalance(self))
+            self.ready.set()
+            while not self.stop_event.is_set():
+                self._poll_once()
+            self.drain(list(self._pending))
+        except Exception as exc:  # noqa: BLE001 - surfaced on the broker's readiness route
+            log.exception("trigger %s dispatcher failed", self.trigger.name)
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self._consumer is not None:
+                self._consumer.close(autocommit=False)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _in_flight(self) -> int:
+        return sum(1 for q in self._pending.values() for _, f in q if f is not None and not f.done())
+
+    def _poll_once(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        free = self.max_in_flight - self._in_flight()
+        if free <= 0:
+            consumer.pause(*consumer.assignment())
+        else:
+            consumer.resume(*consumer.paused())
+        batches = consumer.poll(timeout_ms=100, max_records=max(free, 1))
+        for tp, records in batches.items():
+            queue = self._pending.setdefault(tp, deque())
+            for record in records:
+                queue.append((record.offset, self._submit(record)))
+        self._commit_finished()
+
+    def _submit(self, record) -> Future[None] | None:  # type: ignore[no-untyped-def]
+        try:
+            event = from_kafka(record.key, record.headers, record.value)
+        except InvalidCloudEvent as exc:
+            log.error(
+                "trigger %s: skipping a record that is not a CloudEvent at %s: %s",
+                self.trigger.name,
+                record.offset,
+                exc,
+            )
+            return None
+        target = event.get_extension(REPLAY_TARGET)
+        if target is not None:
+            if target != self.trigger.name:
+                return None
+            event = with_attributes(event, drop=[REPLAY_TARGET])
+        elif not matches(self.trigger.filters, event.get_attributes()):
+            return None
+        return self._pool.submit(self._deliver, event, record.timestamp)
+
+    def _deliver(self, event: CloudEvent, produced_ms: int) -> None:
+        outcome = self.deliverer.deliver(
+            event, self.subscriber_url, self.trigger.delivery, trigger=self.trigger.name, stop=self.stop_event
+        )
+        if outcome.ok:
+            DELIVERIES.labels(self.trigger.name, "ok").inc()
+            DELIVERY_LATENCY.labels(self.trigger.name).observe(max(0.0, time.time() - produced_ms / 1000))
+            return
+        if self.stop_event.is_set() and outcome.error == "dispatcher stopping":
+            raise RuntimeError("dispatcher stopping: event left uncommitted for redelivery")
+        self._dead_letter(event, outcome)
+
+    def _dead_letter(self, event: CloudEvent, outcome: Outcome) -> None:
+        if not self.trigger.delivery.dead_letter_sink:
+            DELIVERIES.labels(self.trigger.name, "dropped").inc()
+            log.error(
+                "trigger %s: dropping event %s after %d attempts (no dead-letter sink): %s",
+                self.trigger.name,
+                event.get_id(),
+                outcome.attempts,
+                outcome.error,
+            )
+            return
+        dead = dead_letter_event(
+            event, trigger=self.trigger.name, destination=self.subscriber_url, outcome=outcome
+        )
+        key, headers, value = to_kafka(dead)
+        self.dlq_producer.send(self.topics.dlq_topic, key=key, value=value, headers=headers).get(timeout=30)
+        DELIVERIES.labels(self.trigger.name, "dead_lettered").inc()
+        log.warning(
+            "trigger %s: event %s dead-lettered after %d attempts: %s (%s)",
+            self.trigger.name,
+            event.get_id(),
+            outcome.attempts,
+            outcome.status,
+            outcome.error,
+        )
+
+    # --- offsets ------------------------------------------------------------
+    def _commit_finished(self, only: list[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, queue in self._pending.items():
+            if only is not None and tp not in only:
+                continue
+            last = None
+            while queue and (queue[0][1] is None or queue[0][1].done()):
+                offset, future = queue[0]
+                if future is not None and future.exception() is not None:
+                    break  # stopping mid-delivery: leave it for redelivery
+                queue.popleft()
+                last = offset
+            if last is not None:
+                offsets[tp] = OffsetAndMetadata(last + 1, "", -1)
+        if offsets and self._consumer is not None:
+            self._consumer.commit(offsets)
+
+    def drain(self, partitions: list[TopicPartition], timeout_s: float = 60.0) -> None:
+        """Let in-flight deliveries of ``partitions`` finish, then commit them (rebalance/stop)."""
+        deadline = time.monotonic() + timeout_s
+        futures = [f for tp in partitions for _, f in self._pending.get(tp, ()) if f is not None]
+        done, _not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        log.debug("trigger %s: drained %d of %d deliveries", self.trigger.name, len(done), len(futures))
+        self._commit_finished(partitions)
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def start_dispatchers(
+    triggers: list[Trigger],
+    url_of: Callable[[Trigger], str],
+    topics: BrokerTopics,
+    deliverer: Deliverer,
+    dlq_producer: KafkaProducer,
+) -> list[TriggerDispatcher]:
+    dispatchers = [TriggerDispatcher(t, url_of(t), topics, deliverer, dlq_producer) for t in triggers]
+    for d in dispatchers:
+        d.start()
+    return dispatchers

@@ -1,0 +1,107 @@
+"""Dead letters: list them, and replay them to the trigger that failed them.
+
+A replay appends the original event (``knativeerror*`` removed) to the broker topic with a
+``faaspipetarget`` extension naming the trigger, so that only that trigger's dispatcher
+delivers it again, with its full retry policy; a marker on the ``…dlq.replayed`` topic
+records that the dead letter was replayed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from localdev.broker.dispatcher import REPLAY_TARGET
+from localdev.config import StackConfig
+from shared.cloudevents_io import CloudEvent, from_kafka, to_kafka, with_attributes
+from shared.kafka_offsets import true_end_offsets
+
+ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", "faaspipetrigger")
+
+
+@dataclass
+class DeadLetter:
+    partition: int
+    offset: int
+    event: CloudEvent
+    replayed: bool
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    def summary(self) -> dict[str, object]:
+        raw = self.event.get_extension("knativeerrordata") or ""
+        try:
+            error = base64.b64decode(raw).decode(errors="replace")
+        except ValueError:
+            error = raw
+        return {
+            "ref": self.ref,
+            "id": self.event.get_id(),
+            "source": self.event.get_source(),
+            "type": self.event.get_type(),
+            "trigger": self.event.get_extension("faaspipetrigger"),
+            "code": self.event.get_extension("knativeerrorcode"),
+            "destination": self.event.get_extension("knativeerrordest"),
+            "error": error,
+            "replayed": self.replayed,
+        }
+
+
+def _read_all(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return []
+        ends = true_end_offsets(consumer, partitions)
+        consumer.assign(partitions)
+        consumer.resume(*partitions)  # true_end_offsets leaves them paused
+        consumer.seek_to_beginning(*partitions)
+        records = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            batch = consumer.poll(timeout_ms=1000)
+            if not batch:
+                break
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        consumer.close(autocommit=False)
+
+
+def list_dead_letters(config: StackConfig) -> list[DeadLetter]:
+    replayed = {r.key.decode() for r in _read_all(config.kafka_bootstrap, config.dlq_replayed_topic) if r.key}
+    letters = []
+    for record in _read_all(config.kafka_bootstrap, config.dlq_topic):
+        event = from_kafka(record.key, record.headers, record.value)
+        ref = f"{record.partition}:{record.offset}"
+        letters.append(DeadLetter(record.partition, record.offset, event, ref in replayed))
+    return letters
+
+
+def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | None = None) -> list[DeadLetter]:
+    """Replay dead letters not yet replayed (all, or those with the given refs/ids, or trigger)."""
+    chosen = [
+        d
+        for d in list_dead_letters(config)
+        if not d.replayed
+        and (refs is None or d.ref in refs or d.event.get_id() in refs)
+        and (trigger is None or d.event.get_extension("faaspipetrigger") == trigger)
+    ]
+    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
+    try:
+        for letter in chosen:
+            target = letter.event.get_extension("faaspipetrigger")
+            event = with_attributes(letter.event, drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
+            key, headers, value = to_kafka(event)
+            producer.send(config.broker_topic, key=key, value=value, headers=headers).get(timeout=30)
+            marker = json.dumps({"id": letter.event.get_id(), "trigger": target}).encode()
+            producer.send(config.dlq_replayed_topic, key=letter.ref.encode(), value=marker).get(timeout=30)
+    finally:
+        producer.close()
+    return chosen

@@ -1,0 +1,327 @@
+"""The localdev supervisor: starts, health-checks, restarts and stops every component.
+
+Runs detached (``faaspipe up`` spawns it) and serves a small control API on the
+``supervisor`` port: ``GET /status``, ``POST /shutdown``, ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from minio import Minio
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from localdev import components
+from localdev.config import StackConfig
+from localdev.gateway import Gateway
+from localdev.processes import Child, free_port, kill_leftovers
+from localdev.topology import Function, load_topology
+
+log = logging.getLogger("faaspipe.supervisor")
+
+RESTARTS = Counter("faaspipe_supervisor_restarts_total", "Child restarts", ["component"])
+READY = Gauge("faaspipe_component_ready", "1 when the component is ready", ["component"])
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class FunctionReplicas:
+    function: Function
+    replicas: list[Child] = field(default_factory=list)
+
+    def ready_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{c.port}" for c in self.replicas if c.alive() and c.ready_cached]
+
+
+class Supervisor:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.topology = load_topology(config.function_dirs)
+        self.state = "starting"
+        self.message = ""
+        self.infra: list[Child] = []
+        self.functions: dict[str, FunctionReplicas] = {
+            name: FunctionReplicas(fn) for name, fn in self.topology.functions.items()
+        }
+        self.stopping = threading.Event()
+        self.lock = threading.RLock()
+        self.gateway = Gateway(config.ports["gateway"], self._ready_replicas)
+
+    # --- start-up --------------------------------------------------------------
+    def _wait_ready(self, child: Child, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.stopping.is_set():
+                raise StartupError("stopped during start-up")
+            if not child.alive():
+                raise StartupError(
+                    f"{child.name} exited with code {child.exit_code()} during start-up; "
+                    f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
+                )
+            if child.ready():
+                child.ready_cached = True
+                READY.labels(child.name).set(1)
+                log.info("%s ready after %.1fs", child.name, time.monotonic() - child.started_at)
+                return
+            time.sleep(0.1)
+        raise StartupError(f"{child.name} not ready after {timeout_s:.0f}s; see {child.log_path}")
+
+    def _start(self, child: Child, timeout_s: float) -> Child:
+        child.ready_cached = False
+        child.start()
+        with self.lock:
+            self.infra.append(child)
+        self._wait_ready(child, timeout_s)
+        return child
+
+    def _create_buckets(self) -> None:
+        client = Minio(
+            f"127.0.0.1:{self.config.ports['s3']}",
+            access_key=self.config.access_key,
+            secret_key=self.config.secret_key,
+            secure=False,
+            region="us-east-1",
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                for bucket in self.config.buckets:
+                    if not client.bucket_exists(bucket):
+                        client.make_bucket(bucket)
+                client.put_object("tansu", ".faaspipe-probe", io.BytesIO(b"ok"), 2)
+                return
+            except Exception as exc:  # noqa: BLE001 - S3 may still be warming up
+                if time.monotonic() > deadline:
+                    raise StartupError(f"could not create buckets: {exc}") from exc
+                time.sleep(0.3)
+
+    def _create_topics(self) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.config.kafka_bootstrap, request_timeout_ms=10000)
+        try:
+            wanted = {
+                self.config.broker_topic: self.config.broker_partitions,
+                self.config.dlq_topic: 1,
+                self.config.dlq_replayed_topic: 1,
+            }
+            existing = set(admin.list_topics())
+            new = [NewTopic(name, parts, 1) for name, parts in wanted.items() if name not in existing]
+            if new:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics(new)
+        finally:
+            admin.close()
+
+    def _start_replica(self, fr: FunctionReplicas) -> Child:
+        index = max((int(c.name.rsplit("-", 1)[1]) for c in fr.replicas), default=-1) + 1
+        child = components.function_replica(self.config, fr.function, index, free_port())
+        child.ready_cached = False
+        child.start()
+        with self.lock:
+            fr.replicas.append(child)
+        return child
+
+    def start(self) -> None:
+        timeout = self.config.start_timeout_s
+        self._start(components.seaweedfs(self.config), 60)
+        self._create_buckets()
+        with ThreadPoolExecutor(2) as pool:
+            kafka = pool.submit(self._start, components.tansu(self.config), 60)
+            mlflow = pool.submit(self._start, components.mlflow(self.config), timeout)
+            kafka.result()
+            self._create_topics()
+            starting = [
+                self._start_replica(fr)
+                for fr in self.functions.values()
+                for _ in range(max(1, fr.function.scaling.min_replicas))
+            ]
+            for child in starting:
+                self._wait_ready(child, timeout)
+            mlflow.result()
+        self._start(components.broker(self.config), timeout)
+
+    # --- running -----------------------------------------------------------------
+    def _ready_replicas(self, function: str) -> list[str] | None:
+        fr = self.functions.get(function)
+        if fr is None:
+            return None
+        with self.lock:
+            return fr.ready_urls()
+
+    def _check(self, child: Child) -> bool:
+        """Restart a dead child (with backoff); refresh its readiness. True if healthy."""
+        if child.alive():
+            if not child.ready_cached:
+                child.ready_cached = child.ready()
+            READY.labels(child.name).set(1 if child.ready_cached else 0)
+            return True
+        READY.labels(child.name).set(0)
+        child.ready_cached = False
+        backoff = min(30.0, 2.0 ** min(child.restarts, 5))
+        if time.monotonic() - child.started_at < backoff:
+            return False
+        log.warning(
+            "%s exited with code %s; restarting (restart #%d)",
+            child.name,
+            child.exit_code(),
+            child.restarts + 1,
+        )
+        child.restarts += 1
+        RESTARTS.labels(child.name).inc()
+        child.start()
+        return False
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            with self.lock:
+                children = list(self.infra) + [c for fr in self.functions.values() for c in fr.replicas]
+            for child in children:
+                self._check(child)
+
+    def shutdown(self) -> None:
+        self.state = "stopping"
+        self.stopping.set()
+        with self.lock:
+            replicas = [c for fr in self.functions.values() for c in fr.replicas]
+            infra = list(self.infra)
+        broker = [c for c in infra if c.name == "broker"]
+        for child in broker:  # stop consuming first, then functions, then infrastructure
+            child.stop(30)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda c: c.stop(15), replicas))
+        for child in reversed([c for c in infra if c.name != "broker"]):
+            child.stop(15)
+
+    # --- status ------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        def describe(child: Child, url: str | None = None) -> dict[str, object]:
+            state = (
+                "ready" if child.alive() and child.ready_cached else ("starting" if child.alive() else "down")
+            )
+            return {
+                "name": child.name,
+                "pid": child.proc.pid if child.proc else None,
+                "state": state,
+                "restarts": child.restarts,
+                "log": str(child.log_path),
+                **({"url": url} if url else {}),
+            }
+
+        urls = {
+            "seaweedfs": self.config.s3_endpoint,
+            "kafka": self.config.kafka_bootstrap,
+            "mlflow": self.config.url("mlflow"),
+            "broker": self.config.ingress_url,
+        }
+        with self.lock:
+            infra = [describe(c, urls.get(c.name)) for c in self.infra]
+            functions = {
+                name: {
+                    "url": self.config.function_url(name),
+                    "kind": fr.function.kind,
+                    "replicas": [describe(c, f"http://127.0.0.1:{c.port}") for c in fr.replicas],
+                    "triggers": [t.name for t in fr.function.triggers],
+                }
+                for name, fr in self.functions.items()
+            }
+        return {
+            "state": self.state,
+            "message": self.message,
+            "pid": os.getpid(),
+            "state_dir": str(self.config.state_dir),
+            "components": infra,
+            "functions": functions,
+            "endpoints": {
+                **urls,
+                "gateway": self.config.url("gateway"),
+                "supervisor": self.config.url("supervisor"),
+            },
+        }
+
+
+def _control_server(sup: Supervisor) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/status":
+                self._send(200, json.dumps(sup.status()).encode())
+            elif self.path == "/metrics":
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path == "/shutdown":
+                self._send(202, b'{"status": "stopping"}')
+                threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+    server = ThreadingHTTPServer(("127.0.0.1", sup.config.ports["supervisor"]), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="faaspipe localdev supervisor (started by `faaspipe up`)")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = StackConfig.load(args.state_dir)
+    kill_leftovers(config.state_dir / "pids")
+    sup = Supervisor(config)
+    (config.state_dir / "supervisor.pid").write_text(str(os.getpid()))
+    control = _control_server(sup)
+    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
+    sup.gateway.start()
+    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
+    code = 0
+    try:
+        sup.start()
+        sup.state = "running"
+        log.info("stack running")
+        sup.run()
+    except StartupError as exc:
+        sup.state, sup.message = "failed", str(exc)
+        log.error("start-up failed: %s", exc)
+        code = 1
+        time.sleep(2)  # let `faaspipe up` read the failure from /status
+    finally:
+        sup.shutdown()
+        sup.gateway.stop()
+        control.shutdown()
+        (config.state_dir / "supervisor.pid").unlink(missing_ok=True)
+        log.info("stopped")
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

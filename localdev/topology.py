@@ -1,0 +1,207 @@
+"""The one topology: functions, their environments, triggers and scaling.
+
+Each function declares itself in ``functions/<name>/function.yaml``; this module reads all
+of them (plus any extra directories, e.g. test functions) into one ``Topology``. localdev
+runs from it and ``manifests/`` are rendered from it; nothing is listed twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FUNCTION_DIRS = (REPO_ROOT / "functions",)
+KINDS = ("event", "http", "source")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+_DURATION = re.compile(r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+
+
+class TopologyError(ValueError):
+    """A function.yaml is invalid; the message names the file and the field."""
+
+
+def parse_duration(value: str) -> float:
+    """ISO-8601 duration as Knative uses it (``PT0.5S``, ``PT2M``) → seconds."""
+    match = _DURATION.match(value or "")
+    if not match or not any(match.groups()):
+        raise ValueError(f"not an ISO-8601 duration like PT1S: {value!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Knative ``DeliverySpec``."""
+
+    retry: int = 3
+    backoff_policy: str = "exponential"
+    backoff_delay: str = "PT0.2S"
+    timeout: str = "PT30S"
+    dead_letter_sink: str | None = "dlq"
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based), Knative's formula."""
+        base = parse_duration(self.backoff_delay)
+        return base * (2 ** (attempt - 1) if self.backoff_policy == "exponential" else attempt)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    function: str
+    filters: tuple[dict[str, Any], ...]
+    delivery: Delivery
+
+    @property
+    def consumer_group(self) -> str:
+        return f"faaspipe.trigger.{self.name}"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """KEDA / Knative scaling bounds for a function."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    lag_threshold: int = 10
+    activation_lag_threshold: int = 0
+    cooldown_period_s: float = 60.0
+    polling_interval_s: float = 1.0
+    concurrency_target: int = 10
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    kind: str
+    module: str
+    environment: str
+    description: str
+    directory: Path
+    idempotent: bool
+    concurrency: int
+    scaling: Scaling
+    triggers: tuple[Trigger, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    functions: dict[str, Function]
+
+    @property
+    def triggers(self) -> list[Trigger]:
+        return [t for f in self.functions.values() for t in f.triggers]
+
+
+def _require(doc: dict[str, Any], key: str, where: str) -> Any:
+    if key not in doc:
+        raise TopologyError(f"{where}: missing required field '{key}'")
+    return doc[key]
+
+
+def _delivery(doc: dict[str, Any], where: str) -> Delivery:
+    known = {"retry", "backoffPolicy", "backoffDelay", "timeout", "deadLetterSink"}
+    unknown = set(doc) - known
+    if unknown:
+        raise TopologyError(f"{where}.delivery: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    delivery = Delivery(
+        retry=int(doc.get("retry", 3)),
+        backoff_policy=doc.get("backoffPolicy", "exponential"),
+        backoff_delay=doc.get("backoffDelay", "PT0.2S"),
+        timeout=doc.get("timeout", "PT30S"),
+        dead_letter_sink=doc.get("deadLetterSink", "dlq"),
+    )
+    if delivery.backoff_policy not in ("exponential", "linear"):
+        raise TopologyError(f"{where}.delivery.backoffPolicy must be exponential or linear")
+    for key in ("backoff_delay", "timeout"):
+        try:
+            parse_duration(getattr(delivery, key))
+        except ValueError as exc:
+            raise TopologyError(f"{where}.delivery: {exc}") from exc
+    return delivery
+
+
+def _scaling(doc: dict[str, Any], where: str) -> Scaling:
+    names = {
+        "minReplicaCount": "min_replicas",
+        "maxReplicaCount": "max_replicas",
+        "lagThreshold": "lag_threshold",
+        "activationLagThreshold": "activation_lag_threshold",
+        "cooldownPeriod": "cooldown_period_s",
+        "pollingInterval": "polling_interval_s",
+        "concurrencyTarget": "concurrency_target",
+    }
+    unknown = set(doc) - set(names)
+    if unknown:
+        raise TopologyError(f"{where}.scaling: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    scaling = Scaling(**{names[k]: v for k, v in doc.items()})
+    if not 0 <= scaling.min_replicas <= scaling.max_replicas or scaling.max_replicas < 1:
+        raise TopologyError(f"{where}.scaling: need 0 <= minReplicaCount <= maxReplicaCount, max >= 1")
+    return scaling
+
+
+def load_function(path: Path) -> Function:
+    """Read and check one ``function.yaml``."""
+    where = str(path)
+    doc = yaml.safe_load(path.read_text()) or {}
+    name = _require(doc, "name", where)
+    if not _NAME.match(name):
+        raise TopologyError(f"{where}: name {name!r} must be lowercase letters, digits and '-'")
+    kind = doc.get("kind", "event")
+    if kind not in KINDS:
+        raise TopologyError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    triggers = []
+    for i, t in enumerate(doc.get("triggers", []) or []):
+        t_where = f"{where}: triggers[{i}]"
+        t_name = _require(t, "name", t_where)
+        filters = tuple(t.get("filters", []) or [])
+        from localdev.broker.filters import check_filters  # local import: keeps YAML loading light
+
+        try:
+            check_filters(filters)
+        except ValueError as exc:
+            raise TopologyError(f"{t_where}.filters: {exc}") from exc
+        triggers.append(Trigger(t_name, name, filters, _delivery(t.get("delivery", {}) or {}, t_where)))
+    if triggers and kind != "event":
+        raise TopologyError(f"{where}: only event functions have triggers")
+    return Function(
+        name=name,
+        kind=kind,
+        module=_require(doc, "module", where),
+        environment=doc.get("environment", "default"),
+        description=doc.get("description", ""),
+        directory=path.parent,
+        idempotent=bool(doc.get("idempotent", kind == "event")),
+        concurrency=int(doc.get("concurrency", 8)),
+        scaling=_scaling(doc.get("scaling", {}) or {}, where),
+        triggers=tuple(triggers),
+        env={str(k): str(v) for k, v in (doc.get("env", {}) or {}).items()},
+    )
+
+
+def load_topology(dirs: Iterable[Path] = DEFAULT_FUNCTION_DIRS) -> Topology:
+    """Every ``*/function.yaml`` below the given directories; names must be unique."""
+    functions: dict[str, Function] = {}
+    trigger_names: set[str] = set()
+    for directory in dirs:
+        for path in sorted(Path(directory).glob("*/function.yaml")):
+            fn = load_function(path)
+            if fn.name in functions:
+                raise TopologyError(f"{path}: function {fn.name!r} is declared twice")
+            for t in fn.triggers:
+                if t.name in trigger_names:
+                    raise TopologyError(f"{path}: trigger {t.name!r} is declared twice")
+                trigger_names.add(t.name)
+            functions[fn.name] = fn
+    return Topology(functions)
