@@ -173,8 +173,8 @@ def load_function(path: Path) -> Function:
         except ValueError as exc:
             raise TopologyError(f"{t_where}.filters: {exc}") from exc
         triggers.append(Trigger(t_name, name, filters, _delivery(t.get("delivery", {}) or {}, t_where)))
-    if triggers and kind != "event":
-        raise TopologyError(f"{where}: only event functions have triggers")
+    if triggers and kind == "source":
+        raise TopologyError(f"{where}: a source emits events; it cannot subscribe to triggers")
     return Function(
         name=name,
         kind=kind,

@@ -1,0 +1,69 @@
+# faaspipe — every target bootstraps what it needs on a fresh machine (uv, then the environments).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+# Function environments (pyproject dependency groups), one per image: see functions/*/function.yaml.
+FUNCTION_ENVS := serving train drift
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+export UV_PYTHON := $(shell command -v $(PYTHON))
+export UV_PYTHON_DOWNLOADS := never
+export UV_NATIVE_TLS := 1
+export UV_LINK_MODE := copy
+
+.PHONY: help envs up down status test lint format bench lock clean
+
+help:
+	@echo "make up      start the local stack (Kafka, S3, MLflow, broker, functions) and run the main job"
+	@echo "make test    run the test suite (PYTEST_ARGS='-k e2e' to select)"
+	@echo "make down    stop the local stack"
+	@echo "make lint    ruff check + format check"
+	@echo "make bench   benchmarks, JSON results under bench/results/"
+	@echo "make envs    create the platform and function environments"
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+.venvs/%/.synced: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=.venvs/$* $(UV) sync --locked --no-default-groups --group $*
+	@touch $@
+
+envs: .venv/.synced $(FUNCTION_ENVS:%=.venvs/%/.synced)
+
+up: envs
+	.venv/bin/faaspipe up
+
+down:
+	@if [ -x .venv/bin/faaspipe ]; then .venv/bin/faaspipe down; else echo "nothing to stop"; fi
+
+status: .venv/.synced
+	.venv/bin/faaspipe status
+
+test: envs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: .venv/.synced
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: .venv/.synced
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+bench: envs
+	$(PY) -m bench.broker_throughput
+
+lock: $(UV)
+	$(UV) lock
+
+clean: down
+	rm -rf .venv .venvs .tools .faaspipe
