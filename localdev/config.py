@@ -35,7 +35,7 @@ PORT_OFFSETS = {
     "mlflow": 40,
 }
 DEFAULT_PORT_BASE = 17000
-DEFAULT_BUCKETS = ("landing", "features", "models", "mlflow", "tansu")
+DEFAULT_BUCKETS = ("landing", "quarantine", "features", "models", "mlflow", "tansu")
 
 
 @dataclass
@@ -109,6 +109,8 @@ class StackConfig:
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "MLFLOW_TRACKING_URI": self.url("mlflow"),
             "K_SINK": self.ingress_url,
+            "FAASPIPE_BROKER_TOPIC": self.broker_topic,
+            "FAASPIPE_GATEWAY_URL": self.url("gateway"),
             "FAASPIPE_IDEMPOTENCY_URL": self.effective_idempotency_url,
             "PYTHONPATH": str(REPO_ROOT),
             # 2-core boxes: OpenMP/BLAS oversubscription costs 10x on small predictions.

@@ -1,0 +1,53 @@
+"""Where things live in object storage. One place, so every function agrees.
+
+Buckets: ``landing`` (users drop files), ``quarantine`` (rejected files + reports),
+``features`` (offline store, Feast registry), ``models`` (studies, serving artefacts, audit).
+"""
+
+from __future__ import annotations
+
+LANDING = "landing"
+QUARANTINE = "quarantine"
+FEATURES = "features"
+MODELS = "models"
+
+
+def offline_data(dataset: str, version: str) -> str:
+    """Object key (features bucket) of a dataset version's validated rows."""
+    return f"offline/{dataset}/version={version}/data.parquet"
+
+
+def dataset_latest(dataset: str) -> str:
+    """Object key (features bucket): JSON of the last features.materialised data of a dataset."""
+    return f"datasets/{dataset}/latest.json"
+
+
+def quarantined(key: str) -> tuple[str, str]:
+    """Object keys (quarantine bucket) of a rejected file and of its violation report."""
+    return f"files/{key}", f"reports/{key}.report.json"
+
+
+def study_state(study_id: str) -> str:
+    return f"studies/{study_id}/state.json"
+
+
+def study_data(study_id: str, part: str) -> str:
+    """``part`` is ``train`` or ``holdout``."""
+    return f"studies/{study_id}/{part}.parquet"
+
+
+def serving_model(model_name: str, version: str, file: str = "model.json") -> str:
+    """Object key (models bucket): serving artefacts of a registered version.
+
+    ``model.json`` (XGBoost's own format), ``meta.json`` (features, threshold, metrics),
+    ``reference.csv`` (a sample of its training features: the drift reference).
+    """
+    return f"serving/{model_name}/{version}/{file}"
+
+
+def audit_record(model_name: str, version: str) -> str:
+    return f"audit/{model_name}/{version}.json"
+
+
+def retrain_state(model_name: str) -> str:
+    return f"retrain/{model_name}.json"
