@@ -386,3 +386,27 @@ def open_store(url: str) -> IdempotencyStore:
         rest = urlunparse(parsed._replace(query=urlencode(query)))
         return RedisIdempotencyStore(rest, prefix, ttl_s=ttl_days * _DAY_S)
     raise ValueError(f"unsupported idempotency store URL {url!r} (use sqlite:/// or redis://)")
+
+
+class NamespacedStore:
+    """A view of a store whose keys are scoped to one consumer (function).
+
+    Deduplication is per subscriber: two functions receiving the same event must each run
+    their handler once, never replay each other's stored replies.
+    """
+
+    def __init__(self, store: IdempotencyStore, namespace: str) -> None:
+        self.store = store
+        self.prefix = f"{len(namespace)}:{namespace}|"
+
+    def claim(self, key: str, lease_s: float = 60.0) -> Claim:
+        return self.store.claim(self.prefix + key, lease_s)
+
+    def complete(self, key: str, reply: bytes | None) -> None:
+        self.store.complete(self.prefix + key, reply)
+
+    def release(self, key: str) -> None:
+        self.store.release(self.prefix + key)
+
+    def close(self) -> None:
+        self.store.close()

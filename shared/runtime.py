@@ -94,13 +94,14 @@ def _error(status: int, message: str, **extra: object) -> tuple[Response, int]:
     return jsonify(error=message, **extra), status
 
 
-def _open_idempotency_store():  # type: ignore[no-untyped-def]
+def _open_idempotency_store(function: str):  # type: ignore[no-untyped-def]
+    """The function's view of the shared idempotency store (dedupe is per subscriber)."""
     url = os.environ.get("FAASPIPE_IDEMPOTENCY_URL")
     if not url:
         return None
-    from shared.idempotency import open_store
+    from shared.idempotency import NamespacedStore, open_store
 
-    return open_store(url)
+    return NamespacedStore(open_store(url), function)
 
 
 def create_event_app(name: str, handler: Handler, readiness: Readiness, store=None) -> Flask:  # type: ignore[no-untyped-def]
@@ -171,7 +172,7 @@ def load_app(name: str, module: ModuleType, kind: str) -> tuple[Flask, Readiness
     readiness = Readiness()
     init = getattr(module, "init", None)
     if kind == "event":
-        app = create_event_app(name, module.handle, readiness, _open_idempotency_store())
+        app = create_event_app(name, module.handle, readiness, _open_idempotency_store(name))
     else:
         app = module.create_app()
         add_platform_routes(app, name, readiness)
@@ -179,10 +180,30 @@ def load_app(name: str, module: ModuleType, kind: str) -> tuple[Flask, Readiness
     return app, readiness
 
 
-def serve(app: Flask, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, letting in-flight requests finish."""
+class _InFlight:
+    """WSGI middleware counting requests in progress, so a stopping replica can drain them."""
+
+    def __init__(self, wsgi_app: Callable) -> None:  # type: ignore[type-arg]
+        self.wsgi_app = wsgi_app
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable):  # type: ignore[no-untyped-def,type-arg]
+        with self.lock:
+            self.count += 1
+        try:
+            yield from self.wsgi_app(environ, start_response)
+        finally:
+            with self.lock:
+                self.count -= 1
+
+
+def serve(app: Flask, host: str, port: int, drain_timeout_s: float = 120.0) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (graceful scale-down)."""
     from werkzeug.serving import make_server
 
+    in_flight = _InFlight(app.wsgi_app)
+    app.wsgi_app = in_flight  # type: ignore[method-assign]
     server = make_server(host, port, app, threaded=True)
 
     def stop(_signum: int, _frame: object) -> None:
@@ -192,6 +213,10 @@ def serve(app: Flask, host: str, port: int) -> None:
     signal.signal(signal.SIGINT, stop)
     log.info("serving on http://%s:%d", host, port)
     server.serve_forever()
+    deadline = time.monotonic() + drain_timeout_s
+    while in_flight.count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log.info("stopped (%d requests still in flight)", in_flight.count)
 
 
 def main(argv: list[str] | None = None) -> None:

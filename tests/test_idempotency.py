@@ -261,3 +261,16 @@ def test_concurrent_processes_claim_each_key_once(store_url: str) -> None:
     assert set(counts) == set(keys)
     assert all(c == 1 for c in counts.values()), counts.most_common(3)
     print("new claims per process:", [len(r) for r in results])
+
+
+def test_namespaces_keep_subscribers_apart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two functions receiving the same event each process it once (regression)."""
+    from shared.idempotency import NamespacedStore, SQLiteIdempotencyStore
+
+    shared_store = SQLiteIdempotencyStore(str(tmp_path / "idem.db"))
+    sample, slow = NamespacedStore(shared_store, "sample"), NamespacedStore(shared_store, "slow")
+    assert sample.claim("k").state == "new"
+    sample.complete("k", b"pong")
+    assert slow.claim("k").state == "new"
+    assert sample.claim("k").state == "done"
+    shared_store.close()
