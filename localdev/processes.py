@@ -108,6 +108,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     ready_cached: bool = False  # last readiness seen by the supervisor
+    retired: bool = False  # scaled down: being drained, never restarted
 
     @property
     def pid_file(self) -> Path:

@@ -27,6 +27,7 @@ from minio import Minio
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from localdev import components
+from localdev.autoscaler import Autoscaler, LagReader
 from localdev.config import StackConfig
 from localdev.gateway import Gateway
 from localdev.processes import Child, free_port, kill_leftovers
@@ -50,6 +51,10 @@ class FunctionReplicas:
     def ready_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{c.port}" for c in self.replicas if c.alive() and c.ready_cached]
 
+    def live(self) -> list[Child]:
+        """Replicas running or starting (the current replica count)."""
+        return [c for c in self.replicas if c.proc is not None]
+
 
 class Supervisor:
     def __init__(self, config: StackConfig) -> None:
@@ -63,7 +68,8 @@ class Supervisor:
         }
         self.stopping = threading.Event()
         self.lock = threading.RLock()
-        self.gateway = Gateway(config.ports["gateway"], self._ready_replicas)
+        self.gateway = Gateway(config.ports["gateway"], self._ready_replicas, demand=self._on_demand)
+        self.autoscaler: Autoscaler | None = None
 
     # --- start-up --------------------------------------------------------------
     def _wait_ready(self, child: Child, timeout_s: float) -> None:
@@ -150,12 +156,51 @@ class Supervisor:
             starting = [
                 self._start_replica(fr)
                 for fr in self.functions.values()
-                for _ in range(max(1, fr.function.scaling.min_replicas))
+                for _ in range(fr.function.scaling.min_replicas)
             ]
             for child in starting:
                 self._wait_ready(child, timeout)
             mlflow.result()
         self._start(components.broker(self.config), timeout)
+        lag_reader = LagReader(self.config.kafka_bootstrap, self.config.broker_topic)
+        self.autoscaler = Autoscaler(
+            [fr.function for fr in self.functions.values()],
+            self.gateway,
+            lag_reader,
+            current=lambda name: len(self.functions[name].live()),
+            scale_to=self.scale_to,
+        )
+        self.autoscaler.start()
+
+    # --- scaling -----------------------------------------------------------------
+    def _on_demand(self, function: str) -> None:
+        """The activator got a request for a function with no ready replica: make sure one starts."""
+        fr = self.functions[function]
+        with self.lock:
+            if fr.live() or self.stopping.is_set():
+                return
+            log.info("%s: activated by a request (scale from zero)", function)
+            self._start_replica(fr)
+
+    def scale_to(self, function: str, count: int, reason: str) -> None:
+        fr = self.functions[function]
+        with self.lock:
+            live = fr.live()
+            for _ in range(count - len(live)):
+                self._start_replica(fr)
+            surplus = live[count:] if count < len(live) else []
+            for child in surplus:
+                child.retired = True
+                fr.replicas.remove(child)  # no longer routed to, never restarted
+        for child in surplus:
+            threading.Thread(target=self._drain, args=(child,), daemon=True).start()
+
+    def _drain(self, child: Child) -> None:
+        """Stop a replica gracefully: it is out of the routing table; in-flight requests finish."""
+        time.sleep(0.5)
+        child.stop(timeout_s=60)
+        READY.labels(child.name).set(0)
+        log.info("%s drained and stopped", child.name)
 
     # --- running -----------------------------------------------------------------
     def _ready_replicas(self, function: str) -> list[str] | None:
@@ -167,6 +212,8 @@ class Supervisor:
 
     def _check(self, child: Child) -> bool:
         """Restart a dead child (with backoff); refresh its readiness. True if healthy."""
+        if child.retired:
+            return False
         if child.alive():
             if not child.ready_cached:
                 child.ready_cached = child.ready()
@@ -189,7 +236,7 @@ class Supervisor:
         return False
 
     def run(self) -> None:
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(0.1):
             with self.lock:
                 children = list(self.infra) + [c for fr in self.functions.values() for c in fr.replicas]
             for child in children:
@@ -198,6 +245,8 @@ class Supervisor:
     def shutdown(self) -> None:
         self.state = "stopping"
         self.stopping.set()
+        if self.autoscaler is not None:
+            self.autoscaler.stop_event.set()
         with self.lock:
             replicas = [c for fr in self.functions.values() for c in fr.replicas]
             infra = list(self.infra)
@@ -238,6 +287,7 @@ class Supervisor:
                     "kind": fr.function.kind,
                     "replicas": [describe(c, f"http://127.0.0.1:{c.port}") for c in fr.replicas],
                     "triggers": [t.name for t in fr.function.triggers],
+                    "scaling": self.autoscaler.status(name) if self.autoscaler else {},
                 }
                 for name, fr in self.functions.items()
             }

@@ -78,6 +78,7 @@ class Scaling:
     cooldown_period_s: float = 60.0
     polling_interval_s: float = 1.0
     concurrency_target: int = 10
+    scale_down_stabilization_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ def _scaling(doc: dict[str, Any], where: str) -> Scaling:
         "cooldownPeriod": "cooldown_period_s",
         "pollingInterval": "polling_interval_s",
         "concurrencyTarget": "concurrency_target",
+        "scaleDownStabilization": "scale_down_stabilization_s",
     }
     unknown = set(doc) - set(names)
     if unknown:

@@ -111,8 +111,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         **os.environ,
         "FAASPIPE_STATE_DIR": str(state_dir),
         "FAASPIPE_PORT_BASE": str(TEST_PORT_BASE),
-        "FAASPIPE_FUNCTION_DIRS": os.pathsep.join(
-            [str(REPO / "functions"), str(REPO / "tests" / "functions")]
+        "FAASPIPE_FUNCTION_DIRS": os.environ.get(
+            "FAASPIPE_TEST_FUNCTION_DIRS",
+            os.pathsep.join([str(REPO / "functions"), str(REPO / "tests" / "functions")]),
         ),
         "FAASPIPE_KAFKA_STORAGE": "s3",
         "PYTHONPATH": str(REPO),

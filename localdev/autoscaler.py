@@ -1,0 +1,141 @@
+"""The local autoscaler: applies the KEDA/KPA decisions of scaling_policy to real processes.
+
+Per function, every ``pollingInterval``: the true lag of each of its triggers' consumer groups
+(KEDA; the function's replica count is the max over its triggers, as an HPA with several
+metrics takes the max) and the request concurrency the gateway measured (KPA); the higher
+count wins. Scaling up starts replica processes; scaling down drains the newest ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaConsumer
+
+from localdev.gateway import Gateway
+from localdev.scaling_policy import ScaleState, keda_desired, kpa_desired
+from localdev.topology import Function, Trigger
+from shared.kafka_offsets import group_lag, offsets_consumer
+
+log = logging.getLogger("faaspipe.autoscaler")
+
+
+@dataclass
+class FunctionScaling:
+    function: Function
+    keda: ScaleState = field(default_factory=ScaleState)
+    kpa: ScaleState = field(default_factory=ScaleState)
+    next_poll: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    desired: int = 0
+    last_event: str = ""
+    last_event_at: float | None = None
+
+
+class LagReader:
+    """Long-lived Kafka clients per trigger (kafka-python clients are not thread-safe)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self._clients: dict[str, tuple[KafkaAdminClient, KafkaConsumer]] = {}
+
+    def partitions(self) -> int:
+        _, consumer = self._client("_partitions")
+        return len(consumer.partitions_for_topic(self.topic) or ())
+
+    def lag(self, trigger: Trigger) -> int:
+        admin, consumer = self._client(trigger.name)
+        return group_lag(
+            self.bootstrap, trigger.consumer_group, self.topic, admin=admin, consumer=consumer
+        ).total
+
+    def _client(self, key: str) -> tuple[KafkaAdminClient, KafkaConsumer]:
+        if key not in self._clients:
+            self._clients[key] = (
+                KafkaAdminClient(bootstrap_servers=self.bootstrap),
+                offsets_consumer(self.bootstrap),
+            )
+        return self._clients[key]
+
+    def close(self) -> None:
+        for admin, consumer in self._clients.values():
+            with contextlib.suppress(Exception):
+                admin.close()
+                consumer.close()
+
+
+class Autoscaler(threading.Thread):
+    def __init__(
+        self,
+        functions: list[Function],
+        gateway: Gateway,
+        lag_reader: LagReader,
+        current: Callable[[str], int],
+        scale_to: Callable[[str, int, str], None],
+    ) -> None:
+        super().__init__(name="autoscaler", daemon=True)
+        self.state = {f.name: FunctionScaling(f) for f in functions}
+        self.gateway, self.lag_reader = gateway, lag_reader
+        self.current, self.scale_to = current, scale_to
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        partitions = self.lag_reader.partitions()
+        while not self.stop_event.wait(0.25):
+            self.gateway.sample()
+            now = time.monotonic()
+            for fs in self.state.values():
+                if now < fs.next_poll:
+                    continue
+                fs.next_poll = now + fs.function.scaling.polling_interval_s
+                try:
+                    self._decide(fs, partitions, now)
+                except Exception:  # noqa: BLE001 - a failed poll must not stop autoscaling
+                    log.exception("autoscaling %s failed", fs.function.name)
+        self.lag_reader.close()
+
+    def _decide(self, fs: FunctionScaling, partitions: int, now: float) -> None:
+        fn, policy = fs.function, fs.function.scaling
+        current = self.current(fn.name)
+        candidates: list[tuple[int, str]] = []
+        if fn.triggers:
+            fs.lag = {t.name: self.lag_reader.lag(t) for t in fn.triggers}
+            per_trigger = []
+            for trigger in fn.triggers:
+                state = ScaleState(last_active=fs.keda.last_active, lower_since=fs.keda.lower_since)
+                per_trigger.append(
+                    (keda_desired(fs.lag[trigger.name], partitions, current, policy, state, now), state)
+                )
+            (count, reason), chosen = max(per_trigger, key=lambda item: item[0][0])
+            fs.keda.last_active = max(s.last_active for _, s in per_trigger)
+            fs.keda.lower_since = chosen.lower_since
+            candidates.append((count, reason))
+        stats = self.gateway.stats[fn.name]
+        stable, panic = stats.averages(now)
+        candidates.append(kpa_desired(stable, panic, stats.idle_seconds(now), current, policy, fs.kpa, now))
+        desired, reason = max(candidates, key=lambda c: c[0])
+        fs.desired = desired
+        if desired != current:
+            fs.last_event = f"{current} -> {desired}: {reason}"
+            fs.last_event_at = time.time()
+            log.info("scale %s %s", fn.name, fs.last_event)
+            self.scale_to(fn.name, desired, reason)
+
+    def status(self, name: str) -> dict[str, object]:
+        fs = self.state[name]
+        stats = self.gateway.stats[name]
+        cold = [seconds for fn, seconds in self.gateway.cold_starts if fn == name]
+        return {
+            "desired": fs.desired,
+            "lag": fs.lag,
+            "in_flight": stats.in_flight,
+            "held": stats.held,
+            "last_scale_event": fs.last_event,
+            "last_scale_event_at": fs.last_event_at,
+            "last_cold_start_s": round(cold[-1], 3) if cold else None,
+        }

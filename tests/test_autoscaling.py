@@ -1,0 +1,94 @@
+"""Scale from and to zero on the real stack: KEDA-style on lag, Knative-style on requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import urllib3
+
+from events import new_event
+from tests.conftest import Stack, wait_until
+
+pytestmark = pytest.mark.integration
+HTTP = urllib3.PoolManager(maxsize=32, retries=False, timeout=urllib3.Timeout(connect=2, read=120))
+
+
+def function_status(stack: Stack, name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(stack.cli("status", "--json").stdout)["functions"][name]
+
+
+def live_replicas(stack: Stack, name: str) -> int:
+    return len(function_status(stack, name)["replicas"])
+
+
+def processed(stack: Stack) -> list[str]:
+    path = stack.state_dir / "slow-processed.log"
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_lag_scales_an_event_function_from_zero_and_back(stack: Stack) -> None:
+    assert live_replicas(stack, "slow") == 0  # minReplicaCount 0: no process until events arrive
+    events = [
+        new_event(
+            "dev.faaspipe.sample.ping.v1",
+            {"message": f"m{i}"},
+            source="/tests/scale",
+            subject=f"scale/{uuid.uuid4().hex}",
+        )
+        for i in range(30)
+    ]
+    for event in events:
+        assert stack.post_event(event).status == 202
+    # lag 30 / threshold 5 = 6, capped at 4 partitions and maxReplicaCount 3
+    peak = wait_until(lambda: (n := live_replicas(stack, "slow")) >= 3 and n, 60, what="3 replicas")
+    assert peak == 3
+    ids = {e.get_id() for e in events}
+    wait_until(lambda: ids <= set(processed(stack)), 120, what="every event processed")
+    done = [i for i in processed(stack) if i in ids]
+    assert sorted(done) == sorted(ids), "an event was processed twice or lost"
+    wait_until(lambda: live_replicas(stack, "slow") == 0, 60, what="scale back to zero after the cooldown")
+    assert "->" in function_status(stack, "slow")["scaling"]["last_scale_event"]
+
+
+def test_killing_a_replica_mid_event_loses_nothing(stack: Stack) -> None:
+    events = [
+        new_event(
+            "dev.faaspipe.sample.ping.v1",
+            {"message": f"k{i}"},
+            source="/tests/kill",
+            subject=f"scale/{uuid.uuid4().hex}",
+        )
+        for i in range(12)
+    ]
+    for event in events:
+        assert stack.post_event(event).status == 202
+    replica = wait_until(
+        lambda: [r for r in function_status(stack, "slow")["replicas"] if r["state"] == "ready"],
+        60,
+        what="a ready replica",
+    )[0]
+    time.sleep(0.5)
+    os.kill(replica["pid"], signal.SIGKILL)
+    ids = {e.get_id() for e in events}
+    wait_until(lambda: ids <= set(processed(stack)), 120, what="every event processed despite the kill")
+
+
+def test_http_function_scales_from_zero_without_errors(stack: Stack) -> None:
+    assert live_replicas(stack, "coldhttp") == 0
+    url = stack.config.function_url("coldhttp") + "hello"
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: HTTP.request("GET", url), range(8)))
+    cold_start = time.monotonic() - started
+    assert [r.status for r in responses] == [200] * 8, [r.data for r in responses]
+    assert all(json.loads(r.data)["model"] == "loaded" for r in responses)
+    print(f"cold start of coldhttp (request to first response, 1.5 s model load): {cold_start:.2f}s")
+    status = function_status(stack, "coldhttp")
+    assert status["scaling"]["last_cold_start_s"] is not None
+    wait_until(lambda: live_replicas(stack, "coldhttp") == 0, 60, what="coldhttp back to zero")

@@ -1,0 +1,90 @@
+"""Filters, topology loading and delivery policy (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localdev.broker.delivery import is_retryable
+from localdev.broker.filters import check_filters, matches
+from localdev.topology import Delivery, TopologyError, load_function, load_topology, parse_duration
+
+ATTRS = {"type": "dev.faaspipe.sample.ping.v1", "source": "/tests/a", "subject": "landing/ai4i/x.csv"}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ([], True),
+        ([{"exact": {"type": "dev.faaspipe.sample.ping.v1"}}], True),
+        ([{"exact": {"type": "dev.faaspipe.sample.pong.v1"}}], False),
+        ([{"prefix": {"subject": "landing/"}}, {"suffix": {"subject": ".csv"}}], True),
+        ([{"prefix": {"subject": "landing/"}}, {"suffix": {"subject": ".parquet"}}], False),
+        ([{"exact": {"missing": "x"}}], False),
+        ([{"any": [{"exact": {"source": "/x"}}, {"prefix": {"source": "/tests"}}]}], True),
+        ([{"all": [{"exact": {"source": "/tests/a"}}, {"not": {"suffix": {"subject": ".csv"}}}]}], False),
+        ([{"not": {"exact": {"type": "other"}}}], True),
+        ([{"attributes": {"type": "dev.faaspipe.sample.ping.v1"}}], True),
+    ],
+)
+def test_filters(filters: list, expected: bool) -> None:  # type: ignore[type-arg]
+    check_filters(filters)
+    assert matches(filters, ATTRS) is expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [{"exakt": {"type": "x"}}],
+        [{"exact": {}}],
+        [{"any": []}],
+        [{"exact": {"type": 1}}],
+        [{"exact": {"a": "b"}, "prefix": {"a": "b"}}],
+    ],
+)
+def test_malformed_filters_are_refused(bad: list) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError):
+        check_filters(bad)
+
+
+def test_backoff_follows_knative() -> None:
+    exp = Delivery(retry=3, backoff_policy="exponential", backoff_delay="PT0.5S")
+    lin = Delivery(retry=3, backoff_policy="linear", backoff_delay="PT0.5S")
+    assert [exp.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert [lin.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 1.5]
+    assert parse_duration("PT1M30S") == 90 and parse_duration("PT0.2S") == 0.2
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [
+        (0, True),
+        (500, True),
+        (503, True),
+        (404, True),
+        (409, True),
+        (429, True),
+        (400, False),
+        (422, False),
+        (413, False),
+    ],
+)
+def test_retryable_statuses(status: int, retry: bool) -> None:
+    assert is_retryable(status) is retry
+
+
+def test_the_repository_topology_loads() -> None:
+    topology = load_topology()
+    assert "sample" in topology.functions and "object-events" in topology.functions
+    assert len({t.name for t in topology.triggers}) == len(topology.triggers)
+
+
+def test_bad_function_yaml_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "function.yaml"
+    path.write_text("name: x\nmodule: m\ntriggers:\n  - name: t\n    delivery: {retries: 3}\n")
+    with pytest.raises(TopologyError, match="unknown field"):
+        load_function(path)
+    path.write_text("name: x\nmodule: m\nscaling: {minReplicaCount: 3, maxReplicaCount: 1}\n")
+    with pytest.raises(TopologyError, match="minReplicaCount"):
+        load_function(path)
