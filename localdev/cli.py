@@ -59,8 +59,19 @@ def _print_status(status: dict) -> None:  # type: ignore[type-arg]
         print(f"  {comp['name']:<12} {comp['state']:<9} {comp.get('url', '')}")
     for name, fn in status["functions"].items():
         ready = sum(1 for r in fn["replicas"] if r["state"] == "ready")
-        triggers = ", ".join(fn["triggers"]) or "-"
-        print(f"  fn {name:<9} {ready}/{len(fn['replicas'])} ready  {fn['url']}  triggers: {triggers}")
+        scaling = fn.get("scaling") or {}
+        load = (
+            f"lag {sum(scaling.get('lag', {}).values())}"
+            if fn["triggers"]
+            else f"in-flight {scaling.get('in_flight', 0)}"
+        )
+        print(
+            f"  fn {name:<14} {ready}/{scaling.get('desired', len(fn['replicas']))} ready  {load:<12} {fn['url']}"
+        )
+        if fn["triggers"]:
+            print(f"     triggers: {', '.join(fn['triggers'])}")
+        if scaling.get("last_scale_event"):
+            print(f"     last scale: {scaling['last_scale_event']}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -195,6 +206,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from localdev import render
+
+    return render.main(args.render_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faaspipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("component", nargs="?")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
+    render = sub.add_parser("render", help="write manifests/ from the topology (--check: fail if stale)")
+    render.add_argument("render_args", nargs=argparse.REMAINDER)
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list")
@@ -222,7 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs, "dlq": cmd_dlq}
+    handlers = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "dlq": cmd_dlq,
+        "render": cmd_render,
+    }
     raise SystemExit(handlers[args.command](args))
 
 

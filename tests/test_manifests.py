@@ -1,0 +1,528 @@
+"""The committed manifests/ are a fresh render of the topology, and they validate.
+
+Validation, per object:
+- core Kubernetes kinds (ConfigMap, Deployment, Service, ...): ``kubernetes_validate`` with the
+  strict (additionalProperties: false) schemas of Kubernetes 1.30;
+- Knative and KEDA custom resources: the cloudcoil pydantic models generated from their CRDs,
+  validated with ``extra="forbid"``, ``strict=True`` and aliases only, so an unknown or
+  misspelt field, a snake_case field name or a wrongly typed value fails (the models alone
+  ignore unknown fields: see ``test_models_alone_ignore_unknown_fields``);
+- the KafkaSink (eventing-kafka-broker, no cloudcoil model): the spec schema of its CRD
+  (control-plane/config/eventing-kafka-broker/100-sink/100-kafka-sink.yaml) with unknown
+  fields forbidden, metadata by the ObjectMeta model;
+- autoscaling annotations: keys must be ones Knative / eventing-kafka-broker document.
+Forbidding unknown fields is what ``kubectl apply`` does (server-side strict field validation).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from localdev.config import StackConfig
+from localdev.render import (
+    DLQ_SINK,
+    HEADER,
+    LOCAL_ONLY_ENV,
+    SECRET_ENV,
+    ClusterSettings,
+    check,
+    main,
+    overlays,
+    platform_env,
+    render,
+)
+from localdev.topology import REPO_ROOT, Topology, load_topology, parse_duration
+
+MANIFESTS = REPO_ROOT / "manifests"
+RERENDER = "manifests/ do not match the topology: run `faaspipe render`"
+K8S_VERSION = "1.30"
+
+# cloudcoil models generated from the CRDs (Knative Serving/Eventing 1.17, KEDA 2.16), imported
+# on first use: each package imports all its API versions, which takes seconds.
+CRD_MODELS: dict[tuple[str, str], str] = {
+    ("serving.knative.dev/v1", "Service"): "knative_serving.serving.v1:Service",
+    ("eventing.knative.dev/v1", "Broker"): "knative_eventing.eventing.v1:Broker",
+    ("eventing.knative.dev/v1", "Trigger"): "knative_eventing.eventing.v1:Trigger",
+    ("sources.knative.dev/v1", "SinkBinding"): "knative_eventing.sources.v1:SinkBinding",
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.v1alpha1:ScaledObject",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.v1alpha1:TriggerAuthentication",
+}
+STRICT = {"extra": "forbid", "strict": True, "by_alias": True, "by_name": False}
+
+# The Trigger and Broker CRDs mark spec.delivery x-kubernetes-preserve-unknown-fields so that
+# DeliverySpec.timeout (feature delivery-timeout) is kept (knative/eventing#5654, #5687); the
+# generated models do not know that field. It is checked here, then removed before the model.
+PRESERVED_DELIVERY = {("eventing.knative.dev/v1", "Trigger"), ("eventing.knative.dev/v1", "Broker")}
+
+_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}},
+}
+KAFKA_SINK_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "eventing.knative.dev/v1alpha1"},
+        "kind": {"const": "KafkaSink"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["topic", "bootstrapServers"],
+            "properties": {
+                "topic": {"type": "string"},
+                "numPartitions": {"type": "integer"},
+                "replicationFactor": {"type": "integer"},
+                "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "contentMode": {"enum": ["binary", "structured"]},
+                "auth": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "secret": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"ref": _REF},
+                        }
+                    },
+                },
+            },
+        },
+    },
+}
+
+# Documented annotation keys (Knative Serving autoscaling; eventing-kafka-broker KEDA autoscaler).
+KNOWN_ANNOTATIONS = {
+    "autoscaling.knative.dev/": {
+        "class", "metric", "target", "target-utilization-percentage", "min-scale", "max-scale",
+        "initial-scale", "activation-scale", "scale-down-delay", "scale-to-zero-pod-retention-period",
+        "window", "panic-window-percentage", "panic-threshold-percentage", "target-burst-capacity",
+    },
+    "autoscaling.eventing.knative.dev/": {
+        "class", "min-scale", "max-scale", "lag-threshold", "activation-lag-threshold",
+        "polling-interval", "cooldown-period",
+    },
+    "kafka.eventing.knative.dev/": {"delivery.order", "external.topic"},
+}  # fmt: skip
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+@functools.cache
+def model(key: tuple[str, str]) -> Any:
+    module, name = CRD_MODELS[key].split(":")
+    with warnings.catch_warnings():  # the generated models warn about shadowed field names
+        warnings.simplefilter("ignore")
+        return getattr(importlib.import_module(f"cloudcoil.models.{module}"), name)
+
+
+def object_meta_model() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cloudcoil.apimachinery import ObjectMeta
+    return ObjectMeta
+
+
+FILTER_DIALECTS = {"exact", "prefix", "suffix", "all", "any", "not", "cesql"}
+
+
+def _check_filters(filters: Any, where: str = "spec.filters") -> None:
+    """Knative's webhook check of spec.filters; the CRD types nested filters as free maps."""
+    if not isinstance(filters, list):
+        raise ValueError(f"{where} must be a list")
+    for i, flt in enumerate(filters):
+        if not isinstance(flt, dict) or len(flt) != 1 or next(iter(flt)) not in FILTER_DIALECTS:
+            raise ValueError(f"{where}[{i}] must have exactly one of {sorted(FILTER_DIALECTS)}: {flt!r}")
+        ((dialect, arg),) = flt.items()
+        if dialect in ("all", "any"):
+            _check_filters(arg, f"{where}[{i}].{dialect}")
+        elif dialect == "not":
+            _check_filters([arg], f"{where}[{i}].not")
+        elif dialect != "cesql" and not (
+            isinstance(arg, dict) and arg and all(isinstance(v, str) for v in arg.values())
+        ):
+            raise ValueError(f"{where}[{i}].{dialect} must map attributes to strings")
+
+
+def _is_core(api_version: str) -> bool:
+    """Built-in Kubernetes API groups have no dot (v1, apps/v1, batch/v1, ...)."""
+    return "/" not in api_version or "." not in api_version.split("/")[0]
+
+
+def _check_annotations(doc: dict[str, Any]) -> None:
+    found = dict((doc.get("metadata") or {}).get("annotations") or {})
+    template = ((doc.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    found.update(template.get("annotations") or {})
+    for key in found:
+        for prefix, names in KNOWN_ANNOTATIONS.items():
+            if key.startswith(prefix) and key.removeprefix(prefix) not in names:
+                raise ValueError(f"unknown annotation {key!r}; known under {prefix}: {sorted(names)}")
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise if ``doc`` breaks the schema of its kind (unknown fields included)."""
+    api_version, kind = doc.get("apiVersion", ""), doc.get("kind", "")
+    key = (api_version, kind)
+    _check_annotations(doc)
+    if key in CRD_MODELS:
+        doc = copy.deepcopy(doc)
+        delivery = (doc.get("spec") or {}).get("delivery")
+        if key in PRESERVED_DELIVERY and isinstance(delivery, dict) and "timeout" in delivery:
+            timeout = delivery.pop("timeout")
+            if not isinstance(timeout, str) or parse_duration(timeout) <= 0:
+                raise ValueError(f"spec.delivery.timeout must be a positive ISO-8601 duration: {timeout!r}")
+        if kind == "Trigger" and "filters" in doc.get("spec", {}):
+            _check_filters(doc["spec"]["filters"])
+        model(key).model_validate(doc, **STRICT)
+    elif key == ("eventing.knative.dev/v1alpha1", "KafkaSink"):
+        jsonschema.validate(doc, KAFKA_SINK_SCHEMA)
+        object_meta_model().model_validate(doc["metadata"], **STRICT)
+    elif _is_core(api_version):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    else:
+        raise AssertionError(f"no schema to validate {kind} {api_version}: add it to CRD_MODELS")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _objects(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every Kubernetes object in the YAML files under root (not kustomizations or patches)."""
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or "patches" in path.parts:
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path, doc
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _normalise_filters(filters: Any) -> list[dict[str, Any]]:
+    """Topology filters as Knative spells them: the legacy ``attributes`` dialect is ``exact``."""
+    out = []
+    for flt in filters:
+        ((dialect, arg),) = flt.items()
+        if dialect in ("all", "any"):
+            out.append({dialect: _normalise_filters(arg)})
+        elif dialect == "not":
+            out.append({"not": _normalise_filters([arg])[0]})
+        else:
+            out.append({"exact" if dialect == "attributes" else dialect: dict(arg)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def topology() -> Topology:
+    return load_topology()
+
+
+@pytest.fixture(scope="module")
+def base_objects() -> list[dict[str, Any]]:
+    return [doc for _, doc in _objects(MANIFESTS / "base")]
+
+
+def _by_kind(objects: list[dict[str, Any]], api_version: str, kind: str) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for doc in objects:
+        if doc["apiVersion"] == api_version and doc["kind"] == kind:
+            found.setdefault(doc["metadata"]["name"], []).append(doc)
+    return found
+
+
+# --- (1) drift -----------------------------------------------------------------------------
+
+
+def test_committed_manifests_are_a_fresh_render(topology: Topology, tmp_path: Path) -> None:
+    render(topology, tmp_path)
+    fresh, committed = _tree(tmp_path), _tree(MANIFESTS)
+    committed = {rel: data for rel, data in committed.items() if HEADER.encode() in data.split(b"\n", 1)[0]}
+    differ = sorted(rel for rel in fresh.keys() | committed.keys() if fresh.get(rel) != committed.get(rel))
+    assert not differ, "manifests/ differ from a fresh render (run `faaspipe render`): " + ", ".join(differ)
+
+
+# --- (2) + (3) every object validates --------------------------------------------------------
+
+
+def test_every_object_validates() -> None:
+    objects = list(_objects(MANIFESTS))
+    kinds = {(doc["apiVersion"], doc["kind"]) for _, doc in objects}
+    assert ("serving.knative.dev/v1", "Service") in kinds and ("v1", "ConfigMap") in kinds
+    for path, doc in objects:
+        try:
+            validate(doc)
+        except Exception as exc:  # noqa: BLE001 - name the object in the failure
+            pytest.fail(f"{path.relative_to(REPO_ROOT)}: {doc['kind']} {doc['metadata'].get('name')}: {exc}")
+
+
+def _kustomize() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.mark.skipif(_kustomize() is None, reason="needs kustomize or kubectl")
+@pytest.mark.parametrize("overlay", overlays(), ids=lambda o: o.name)
+def test_overlay_builds_and_validates(overlay: Any, topology: Topology) -> None:
+    cmd = _kustomize()
+    assert cmd is not None
+    built = subprocess.run(
+        [*cmd, str(MANIFESTS / "overlays" / overlay.name)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    docs = [d for d in yaml.safe_load_all(built.stdout) if d]
+    for doc in docs:
+        validate(doc)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == overlay.namespace, doc["metadata"]["name"]
+    services = _by_kind(docs, "serving.knative.dev/v1", "Service")
+    assert set(services) == set(topology.functions), RERENDER
+    for name, (svc,) in services.items():
+        container = svc["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"].endswith(f":{overlay.tag}"), container["image"]
+        assert container["resources"] == overlay.resources.get(
+            topology.functions[name].environment, overlay.resources["serving"]
+        )
+        if overlay.min_scale is not None:
+            assert svc["spec"]["template"]["metadata"]["annotations"][
+                "autoscaling.knative.dev/min-scale"
+            ] == str(overlay.min_scale)
+    (cm,) = _by_kind(docs, "v1", "ConfigMap")["kafka-broker-config"]
+    assert cm["data"]["default.topic.partitions"] == str(overlay.partitions)
+    assert cm["data"]["default.topic.replication.factor"] == str(overlay.replication)
+    (sink,) = _by_kind(docs, "eventing.knative.dev/v1alpha1", "KafkaSink")[DLQ_SINK]
+    assert (sink["spec"]["numPartitions"], sink["spec"]["replicationFactor"]) == (
+        overlay.partitions,
+        overlay.replication,
+    )
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"} == {overlay.namespace}
+
+
+# --- (4) validation bites -------------------------------------------------------------------
+
+
+def _first(kind: str, api_version: str) -> dict[str, Any]:
+    for _, doc in _objects(MANIFESTS):
+        if doc["kind"] == kind and doc["apiVersion"] == api_version:
+            return copy.deepcopy(doc)
+    raise AssertionError(f"no {kind} {api_version} in manifests/")
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[last] = value
+
+    return mutate
+
+
+def _rename(path: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[new] = node.pop(last)
+
+    return mutate
+
+
+def _annotate(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["metadata"].setdefault("annotations", {})[key] = value
+
+    return mutate
+
+
+TRIGGER = ("Trigger", "eventing.knative.dev/v1")
+KSVC = ("Service", "serving.knative.dev/v1")
+WRONG = [
+    (TRIGGER, _rename("spec.filters", "filterz"), "spec.filterz"),
+    (TRIGGER, _set("spec.filters", [{"all": [{"exakt": {"type": "x"}}]}]), "nested filter exakt"),
+    (TRIGGER, _rename("spec.delivery.retry", "retries"), "spec.delivery.retries"),
+    (TRIGGER, _set("spec.delivery.timout", "PT1S"), "spec.delivery.timout"),
+    (TRIGGER, _set("spec.delivery.timeout", "10s"), "timeout not ISO-8601"),
+    (TRIGGER, _set("spec.subscriber.ref.nmae", "x"), "spec.subscriber.ref.nmae"),
+    (TRIGGER, _annotate("autoscaling.eventing.knative.dev/lag-treshold", "5"), "annotation lag-treshold"),
+    (KSVC, _rename("spec.template.spec.containerConcurrency", "containerConcurency"), "containerConcurency"),
+    (KSVC, _rename("spec.template.spec.containerConcurrency", "container_concurrency"), "snake_case"),
+    (KSVC, _set("spec.template.spec.containerConcurrency", "8"), "string for an integer"),
+    (KSVC, _set("spec.template.spec.containers.0.readinessProbe.httpGett", {}), "httpGett"),
+    (KSVC, _set("apiVersion", "serving.knative.dev/v2"), "apiVersion"),
+    (("Broker", "eventing.knative.dev/v1"), _set("spec.confg", {}), "spec.confg"),
+    (("SinkBinding", "sources.knative.dev/v1"), _rename("spec.subject", "subjct"), "spec.subjct"),
+    (("KafkaSink", "eventing.knative.dev/v1alpha1"), _rename("spec.topic", "topik"), "spec.topik"),
+    (("KafkaSink", "eventing.knative.dev/v1alpha1"), _set("metadata.lables", {}), "metadata.lables"),
+    (("ConfigMap", "v1"), _set("metadata.lables", {}), "ConfigMap metadata.lables"),
+    (("Deployment", "apps/v1"), _set("spec.replicaz", 2), "Deployment spec.replicaz"),
+    (("Deployment", "apps/v1"), _set("spec.template.spec.containers.0.imagePullPolicy", 3), "type"),
+]
+
+
+@pytest.mark.parametrize(("target", "mutate", "what"), WRONG, ids=[w[2] for w in WRONG])
+def test_wrong_fields_fail_validation(target: tuple[str, str], mutate: Callable, what: str) -> None:
+    doc = _first(*target)
+    validate(doc)  # the original passes ...
+    mutate(doc)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic, jsonschema or kubernetes_validate errors
+        validate(doc)  # ... the broken one does not
+
+
+def test_wrong_scaledobject_field_fails() -> None:
+    """KEDA models bite too (none is rendered; see manifests/README.md for why)."""
+    good = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "x"},
+        "spec": {
+            "scaleTargetRef": {"name": "x"},
+            "minReplicaCount": 0,
+            "triggers": [{"type": "kafka", "metadata": {"topic": "t", "lagThreshold": "10"}}],
+        },
+    }
+    validate(good)
+    bad = copy.deepcopy(good)
+    bad["spec"]["minReplicaCont"] = bad["spec"].pop("minReplicaCount")
+    with pytest.raises(Exception):  # noqa: B017
+        validate(bad)
+
+
+def test_models_alone_ignore_unknown_fields() -> None:
+    """Why STRICT is needed: the default model config drops unknown fields silently."""
+    doc = _first(*TRIGGER)
+    doc["spec"]["filterz"] = doc["spec"].pop("filters", [])
+    doc["spec"]["delivery"].pop("timeout")
+    trigger = model(("eventing.knative.dev/v1", "Trigger"))
+    trigger.model_validate(doc)  # passes: the reason for extra="forbid"
+    with pytest.raises(Exception):  # noqa: B017
+        trigger.model_validate(doc, **STRICT)
+
+
+# --- (5) the manifests say what the topology says -------------------------------------------
+
+
+def test_every_trigger_rendered_once_with_its_filters_and_delivery(
+    topology: Topology, base_objects: list
+) -> None:
+    triggers = _by_kind(base_objects, "eventing.knative.dev/v1", "Trigger")
+    assert set(triggers) == {t.name for t in topology.triggers}, RERENDER
+    for t in topology.triggers:
+        assert len(triggers[t.name]) == 1, f"trigger {t.name} rendered {len(triggers[t.name])} times"
+        (doc,) = triggers[t.name]
+        spec = doc["spec"]
+        assert spec["broker"] == "faaspipe"
+        assert spec.get("filters", []) == _normalise_filters(t.filters)
+        assert spec["subscriber"]["ref"] == {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "name": t.function,
+        }
+        d = spec["delivery"]
+        assert (d["retry"], d["backoffPolicy"], d["backoffDelay"], d["timeout"]) == (
+            t.delivery.retry,
+            t.delivery.backoff_policy,
+            t.delivery.backoff_delay,
+            t.delivery.timeout,
+        )
+        if t.delivery.dead_letter_sink:
+            assert d["deadLetterSink"]["ref"]["kind"] == "KafkaSink"
+            assert d["deadLetterSink"]["ref"]["name"] == DLQ_SINK
+        else:
+            assert "deadLetterSink" not in d
+        s = topology.functions[t.function].scaling
+        a = doc["metadata"]["annotations"]
+        assert a["autoscaling.eventing.knative.dev/class"] == "keda.autoscaling.knative.dev"
+        assert a["autoscaling.eventing.knative.dev/min-scale"] == str(s.min_replicas)
+        assert a["autoscaling.eventing.knative.dev/max-scale"] == str(s.max_replicas)
+        assert a["autoscaling.eventing.knative.dev/lag-threshold"] == str(s.lag_threshold)
+        assert a["autoscaling.eventing.knative.dev/activation-lag-threshold"] == str(
+            s.activation_lag_threshold
+        )
+
+
+def test_every_function_has_one_service_scaled_as_the_topology(
+    topology: Topology, base_objects: list
+) -> None:
+    services = _by_kind(base_objects, "serving.knative.dev/v1", "Service")
+    bindings = _by_kind(base_objects, "sources.knative.dev/v1", "SinkBinding")
+    assert set(services) == set(topology.functions), RERENDER
+    for name, fn in topology.functions.items():
+        assert len(services[name]) == 1
+        (svc,) = services[name]
+        template = svc["spec"]["template"]
+        a = template["metadata"]["annotations"]
+        assert a["autoscaling.knative.dev/min-scale"] == str(fn.scaling.min_replicas)
+        assert a["autoscaling.knative.dev/max-scale"] == str(fn.scaling.max_replicas)
+        assert a["autoscaling.knative.dev/target"] == str(fn.scaling.concurrency_target)
+        assert template["spec"]["containerConcurrency"] == fn.concurrency
+        (container,) = template["spec"]["containers"]
+        assert container["image"].startswith(f"registry.local/faaspipe/{fn.environment}:")
+        args = container["args"]
+        assert args[args.index("--module") + 1] == fn.module and args[args.index("--kind") + 1] == fn.kind
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
+        assert {e["name"]: e["value"] for e in container.get("env", [])} == fn.env
+        (binding,) = bindings[name]
+        assert binding["spec"]["subject"]["name"] == name
+        assert binding["spec"]["sink"]["ref"]["kind"] == "Broker"
+
+
+def test_platform_settings_cover_localdev_function_env(base_objects: list) -> None:
+    """Every variable localdev gives a function exists on the cluster (or is local-only)."""
+    local = StackConfig(state_dir=Path("/tmp/x")).function_env()
+    (cm,) = _by_kind(base_objects, "v1", "ConfigMap")["faaspipe-platform"]
+    assert set(cm["data"]) == set(platform_env(ClusterSettings()))
+    missing = set(local) - set(cm["data"]) - SECRET_ENV - LOCAL_ONLY_ENV
+    assert not missing, (
+        f"function_env() keys with no cluster value: {sorted(missing)} (add them in render.py)"
+    )
+    dev = next(o for o in overlays() if o.name == "dev")
+    assert set(dev.secrets["faaspipe-platform"]) == SECRET_ENV
+    (sink,) = _by_kind(base_objects, "eventing.knative.dev/v1alpha1", "KafkaSink")[DLQ_SINK]
+    assert sink["spec"]["topic"] == StackConfig(state_dir=Path("/tmp/x")).dlq_topic
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def test_check_reports_changed_missing_and_stale_files(topology: Topology, tmp_path: Path, capsys) -> None:
+    assert main(["--out", str(tmp_path), "--check"]) == 1  # nothing rendered yet
+    assert main(["--out", str(tmp_path)]) == 0
+    assert main(["--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "base" / "broker.yaml").write_text(f"# {HEADER}\nedited: true\n")
+    stale = tmp_path / "base" / "functions" / "gone.yaml"
+    stale.write_text(f"# {HEADER}\n")
+    hand_written = tmp_path / "base" / "NOTES.md"
+    hand_written.write_text("mine\n")
+    capsys.readouterr()
+    assert main(["--out", str(tmp_path), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "base/broker.yaml" in out and "base/functions/gone.yaml" in out and "NOTES" not in out
+    assert check(topology, tmp_path) == ["base/broker.yaml", "base/functions/gone.yaml"]
+    render(topology, tmp_path)
+    assert not stale.exists() and hand_written.exists()
+    assert check(topology, tmp_path) == []
