@@ -79,7 +79,7 @@ class Autoscaler(threading.Thread):
         scale_to: Callable[[str, int, str], None],
     ) -> None:
         super().__init__(name="autoscaler", daemon=True)
-        self.state = {f.name: FunctionScaling(f) for f in functions}
+        self.state = {f.name: FunctionScaling(f, desired=f.scaling.min_replicas) for f in functions}
         self.gateway, self.lag_reader = gateway, lag_reader
         self.current, self.scale_to = current, scale_to
         self.stop_event = threading.Event()

@@ -186,6 +186,8 @@ def function_replica(config: StackConfig, fn: Function, index: int, port: int) -
         str(port),
     ]
     env = {**config.function_env(), **fn.env, "FAASPIPE_FUNCTION": fn.name}
+    if not fn.idempotent:
+        env["FAASPIPE_IDEMPOTENCY_URL"] = ""
     return _child(
         config,
         f"fn-{fn.name}-{index}",

@@ -20,6 +20,7 @@ cannot wipe the claim of the worker that took its key over.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -127,6 +128,17 @@ def run_once(
 # --------------------------------------------------------------------------- SQLite
 
 
+def _serialised(method):  # type: ignore[no-untyped-def]
+    """Run a store method under the store's database lock (one shared connection)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self._db_lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class SQLiteIdempotencyStore:
     """Idempotency keys in one SQLite file, safe for threads and processes on one host.
 
@@ -167,6 +179,7 @@ class SQLiteIdempotencyStore:
         self.prune_interval_s = prune_interval_s
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._db_lock = threading.RLock()
         self._conns: list[sqlite3.Connection] = []
         self._tokens: dict[str, str] = {}
         self._closed = False
@@ -177,7 +190,9 @@ class SQLiteIdempotencyStore:
         self._maybe_prune(time.time())
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        # One connection per store, used under ``_db_lock``: function servers start a thread per
+        # request, and a connection per thread leaked two file descriptors per event.
+        conn = getattr(self, "_shared_conn", None)
         if conn is not None:
             return conn
         if self._closed:
@@ -188,11 +203,12 @@ class SQLiteIdempotencyStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._local.conn = conn
+        self._shared_conn = conn
         with self._lock:
             self._conns.append(conn)
         return conn
 
+    @_serialised
     def claim(self, key: str, lease_s: float = 60.0) -> Claim:
         conn = self._conn()
         now = time.time()
@@ -225,6 +241,7 @@ class SQLiteIdempotencyStore:
         self._maybe_prune(now)
         return result
 
+    @_serialised
     def complete(self, key: str, reply: bytes | None) -> None:
         now = time.time()
         self._conn().execute(
@@ -237,6 +254,7 @@ class SQLiteIdempotencyStore:
         with self._lock:
             self._tokens.pop(key, None)
 
+    @_serialised
     def release(self, key: str) -> None:
         with self._lock:
             token = self._tokens.pop(key, None)
@@ -246,6 +264,7 @@ class SQLiteIdempotencyStore:
                 (key, token),
             )
 
+    @_serialised
     def prune(self, older_than_s: float) -> int:
         """Delete rows (done or abandoned) last updated more than ``older_than_s`` ago."""
         now = time.time()

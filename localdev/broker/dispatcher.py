@@ -106,6 +106,7 @@ class TriggerDispatcher(threading.Thread):
         self.dlq_producer = dlq_producer
         self.max_in_flight = max_in_flight
         self.stop_event = threading.Event()
+        self._slot_free = threading.Event()
         self.ready = threading.Event()
         self.error: str | None = None
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"deliver-{trigger.name}")
@@ -124,6 +125,7 @@ class TriggerDispatcher(threading.Thread):
                 session_timeout_ms=SESSION_TIMEOUT_MS,
                 heartbeat_interval_ms=1000,
                 max_poll_records=self.max_in_flight,
+                fetch_max_wait_ms=20,  # Tansu answers a fetch only when the wait runs out
             )
             self._consumer.subscribe([self.topics.topic], listener=_Rebalance(self))
             self.ready.set()
@@ -146,10 +148,16 @@ class TriggerDispatcher(threading.Thread):
         assert consumer is not None
         free = self.max_in_flight - self._in_flight()
         if free <= 0:
+            # Saturated: keep the group alive but wait for a delivery to finish, not for a poll
+            # timeout (kafka-python sleeps the whole timeout when every partition is paused).
             consumer.pause(*consumer.assignment())
-        else:
-            consumer.resume(*consumer.paused())
-        batches = consumer.poll(timeout_ms=100, max_records=max(free, 1))
+            consumer.poll(timeout_ms=0)
+            self._slot_free.wait(0.1)
+            self._slot_free.clear()
+            self._commit_finished()
+            return
+        consumer.resume(*consumer.paused())
+        batches = consumer.poll(timeout_ms=100, max_records=free)
         for tp, records in batches.items():
             queue = self._pending.setdefault(tp, deque())
             for record in records:
@@ -174,7 +182,9 @@ class TriggerDispatcher(threading.Thread):
             event = with_attributes(event, drop=[REPLAY_TARGET])
         elif not matches(self.trigger.filters, event.get_attributes()):
             return None
-        return self._pool.submit(self._deliver, event, record.timestamp)
+        future = self._pool.submit(self._deliver, event, record.timestamp)
+        future.add_done_callback(lambda _f: self._slot_free.set())
+        return future
 
     def _deliver(self, event: CloudEvent, produced_ms: int) -> None:
         outcome = self.deliverer.deliver(

@@ -1,0 +1,1 @@
+"""Benchmarks of the faaspipe platform (``make bench``); results go to ``bench/results/``."""

@@ -1,0 +1,1 @@
+"""Functions deployed only by the benchmarks (``FAASPIPE_FUNCTION_DIRS=bench/functions``)."""
