@@ -206,6 +206,37 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from localdev import pipeline
+
+    return pipeline.run(_config(args), timeout_s=args.timeout)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from localdev.event_log import EventLog
+    from shared.cloudevents_io import to_json_dict
+
+    log = EventLog(_config(args), from_beginning=args.all)
+    try:
+        for event in log.events(None if args.follow else 2.0):
+            if args.type and not event.get_type().startswith(args.type):
+                continue
+            doc = to_json_dict(event)
+            line = (
+                json.dumps(doc)
+                if args.json
+                else (
+                    f"{doc.get('time', '')}  {doc['type']}  {doc.get('subject', '')}  {json.dumps(doc.get('data'))[:160]}"
+                )
+            )
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.close()
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from localdev import render
 
@@ -226,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("component", nargs="?")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
+    run = sub.add_parser("run", help="the main job: drop AI4I into landing, wait for a serving champion")
+    run.add_argument("--timeout", type=float, default=1800.0)
+    events = sub.add_parser("events", help="print events from the broker log")
+    events.add_argument("--all", action="store_true", help="from the beginning of the log, not from now")
+    events.add_argument("-f", "--follow", action="store_true")
+    events.add_argument("--type", help="type prefix, e.g. dev.faaspipe.model.")
+    events.add_argument("--json", action="store_true")
     render = sub.add_parser("render", help="write manifests/ from the topology (--check: fail if stale)")
     render.add_argument("render_args", nargs=argparse.REMAINDER)
     dlq = sub.add_parser("dlq", help="dead letters")
@@ -248,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         "logs": cmd_logs,
         "dlq": cmd_dlq,
         "render": cmd_render,
+        "run": cmd_run,
+        "events": cmd_events,
     }
     raise SystemExit(handlers[args.command](args))
 
