@@ -237,6 +237,17 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        resp = _HTTP.request("POST", f"{config.url('supervisor')}/scale/{args.function}/{args.replicas}")
+    except urllib3.exceptions.HTTPError:
+        print("faaspipe is not running.", file=sys.stderr)
+        return 3
+    print(resp.data.decode())
+    return 0 if resp.status == 202 else 1
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from localdev import render
 
@@ -264,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--type", help="type prefix, e.g. dev.faaspipe.model.")
     events.add_argument("--json", action="store_true")
+    scale = sub.add_parser(
+        "scale", help="set a function's replicas now (the autoscaler decides again next poll)"
+    )
+    scale.add_argument("function")
+    scale.add_argument("replicas", type=int)
     render = sub.add_parser("render", help="write manifests/ from the topology (--check: fail if stale)")
     render.add_argument("render_args", nargs=argparse.REMAINDER)
     dlq = sub.add_parser("dlq", help="dead letters")
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         "render": cmd_render,
         "run": cmd_run,
         "events": cmd_events,
+        "scale": cmd_scale,
     }
     raise SystemExit(handlers[args.command](args))
 

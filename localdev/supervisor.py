@@ -330,6 +330,14 @@ def _control_server(sup: Supervisor) -> ThreadingHTTPServer:
             if self.path == "/shutdown":
                 self._send(202, b'{"status": "stopping"}')
                 threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
+            elif self.path.startswith("/scale/"):
+                # manual scale, like `kubectl scale`: the autoscaler decides again on its next poll
+                _, _, function, count = self.path.split("/", 3)
+                if function not in sup.functions or not count.isdigit():
+                    self._send(400, b'{"error": "POST /scale/<function>/<replicas>"}')
+                    return
+                sup.scale_to(function, int(count), "manual (faaspipe scale)")
+                self._send(202, json.dumps({"function": function, "replicas": int(count)}).encode())
             else:
                 self._send(404, b'{"error": "not found"}')
 
