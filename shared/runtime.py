@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -220,6 +221,9 @@ def serve(app: Flask, host: str, port: int, drain_timeout_s: float = 120.0) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Run as ``python -m shared.runtime``, this module is ``__main__``; a handler importing
+    # ``shared.runtime`` (for EventRejected) must get this same module, not a second copy.
+    sys.modules.setdefault("shared.runtime", sys.modules[__name__])
     parser = argparse.ArgumentParser(description="Run one faaspipe function replica")
     parser.add_argument("--name", required=True)
     parser.add_argument("--module", required=True, help="e.g. functions.sample.handler")
