@@ -1,0 +1,355 @@
+"""Ingest: a file landed → validated against its data contract → offline store or quarantine.
+
+On ``dev.faaspipe.object.created.v1`` from ``s3://landing`` (the object key is the subject):
+
+- keys under no contract's ``landing_prefix`` are logged and ignored (no reply, no loop);
+- **rejected** files (file-level rule broken, or too many bad rows) are moved to the
+  quarantine bucket (``layout.quarantined(key)``: the file and a JSON report listing every
+  violation), removed from landing, and answered with ``dev.faaspipe.dataset.rejected.v1``;
+- **accepted** files: the valid rows (canonical columns, derived features,
+  ``event_timestamp``) go to ``layout.offline_data(dataset, version)`` in the features
+  bucket as Parquet, where ``version`` = the first 16 hex digits of the SHA-256 of the
+  source bytes; rejected rows (under the threshold) go to quarantine with their report; the
+  reply is ``dev.faaspipe.dataset.ingested.v1`` (``rows_in = rows_written + rows_rejected``).
+
+Idempotent: the same bytes give the same version and an existing version is not rewritten;
+reply ids derive from the input event's ``source`` + ``id``. If a retry finds the object
+already moved to quarantine, the rejection is answered again from the stored report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from minio import Minio
+from minio.error import S3Error
+
+from events import DatasetIngested, DatasetRejected, ObjectCreated, rfc3339
+from functions.ingest.validation import (
+    EVENT_TIMESTAMP,
+    ROWS_LISTED,
+    Validation,
+    detect_format,
+    offline_frame,
+    validate_bytes,
+)
+from shared import layout, settings
+from shared.cloudevents_io import CloudEvent
+from shared.contracts import Contract, contract_for_key
+
+log = logging.getLogger("faaspipe.ingest")
+
+SOURCE = "/faaspipe/functions/ingest"
+VERSION_HEX_DIGITS = 16
+_REPLY_NAMESPACE = uuid.UUID("5b0c3f7e-8d51-4f0e-9a41-3f6f1d7c2a10")
+_s3: Minio | None = None
+
+
+def init() -> None:
+    global _s3
+    _s3 = settings.s3_client()
+    for bucket in (layout.LANDING, layout.FEATURES, layout.QUARANTINE):
+        if not _s3.bucket_exists(bucket):
+            raise RuntimeError(f"bucket {bucket!r} does not exist")
+
+
+def s3() -> Minio:
+    global _s3
+    if _s3 is None:
+        _s3 = settings.s3_client()
+    return _s3
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    bucket: str
+    key: str
+    data: bytes
+    etag: str
+    content_type: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def dataset_version(data: bytes) -> str:
+    """The dataset version of a source file: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:VERSION_HEX_DIGITS]
+
+
+def reply_id(event: CloudEvent, kind: str) -> str:
+    """A reply id derived from the input event, so a redelivery replies with the same id."""
+    return str(uuid.uuid5(_REPLY_NAMESPACE, f"{event.get_source()}\n{event.get_id()}\n{kind}"))
+
+
+def handle(event: CloudEvent) -> CloudEvent | None:
+    created = ObjectCreated.from_event(event)
+    if created.bucket != layout.LANDING:
+        log.info("ignoring %s: not in the %s bucket", created.key, layout.LANDING)
+        return None
+    contract = contract_for_key(created.key)
+    if contract is None:
+        log.info("ignoring s3://%s/%s: no data contract has this prefix", created.bucket, created.key)
+        return None
+    source = _read(created)
+    if source is None:
+        return _answer_again_or_ignore(event, created, contract)
+    started = time.perf_counter()
+    validation = validate_bytes(contract, source.data, key=source.key, content_type=source.content_type)
+    log.info(
+        "%s (%d bytes, contract %s): %d rows, %d rejected, %s (validated in %.2fs)",
+        source.uri,
+        len(source.data),
+        contract.ref,
+        validation.rows_in,
+        validation.rows_rejected,
+        "file rejected" if validation.file_rejected else "accepted",
+        time.perf_counter() - started,
+    )
+    if validation.file_rejected:
+        return _reject(event, created, contract, source, validation)
+    return _accept(event, created, contract, source, validation)
+
+
+def _read(created: ObjectCreated) -> SourceObject | None:
+    try:
+        response = s3().get_object(created.bucket, created.key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject"):
+            return None
+        raise
+    try:
+        data = response.read()
+        etag = (response.headers.get("ETag") or "").strip('"')
+        content_type = created.content_type or response.headers.get("Content-Type")
+    finally:
+        response.close()
+        response.release_conn()
+    return SourceObject(created.bucket, created.key, data, etag, content_type)
+
+
+def _exists(bucket: str, key: str) -> bool:
+    try:
+        s3().stat_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def _get_bytes(bucket: str, key: str) -> bytes:
+    response = s3().get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _put(bucket: str, key: str, data: bytes, content_type: str) -> None:
+    s3().put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+
+def _report(
+    event: CloudEvent,
+    created: ObjectCreated,
+    contract: Contract,
+    source: SourceObject,
+    validation: Validation,
+    *,
+    decision: str,
+    quarantine_uri: str,
+    version: str | None,
+) -> dict[str, Any]:
+    return {
+        "decision": decision,
+        "dataset": contract.name,
+        "contract": contract.ref,
+        "source_uri": source.uri,
+        "source_sha256": source.sha256,
+        "object_version": created.version,
+        "dataset_version": version,
+        "quarantine_uri": quarantine_uri,
+        "event": {"source": event.get_source(), "id": event.get_id(), "type": event.get_type()},
+        "rows_in": validation.rows_in,
+        "rows_rejected": validation.rows_rejected,
+        "rows_written": validation.rows_written,
+        "max_rejected_fraction": contract.max_rejected_fraction,
+        "row_numbering": "1 = first data row (CSV line = row + 1); lists hold at most "
+        f"{ROWS_LISTED} rows, count has them all",
+        "violations": [v.to_report() for v in validation.ordered_violations()],
+    }
+
+
+def _put_report(report_key: str, report: dict[str, Any]) -> str:
+    _put(layout.QUARANTINE, report_key, json.dumps(report, indent=2).encode(), "application/json")
+    return f"s3://{layout.QUARANTINE}/{report_key}"
+
+
+def _reject(
+    event: CloudEvent,
+    created: ObjectCreated,
+    contract: Contract,
+    source: SourceObject,
+    validation: Validation,
+) -> CloudEvent:
+    file_key, report_key = layout.quarantined(source.key)
+    quarantine_uri = f"s3://{layout.QUARANTINE}/{file_key}"
+    _put(layout.QUARANTINE, file_key, source.data, source.content_type or "application/octet-stream")
+    report = _report(
+        event,
+        created,
+        contract,
+        source,
+        validation,
+        decision="rejected",
+        quarantine_uri=quarantine_uri,
+        version=None,
+    )
+    report_uri = _put_report(report_key, report)
+    _remove_from_landing(source)
+    log.warning(
+        "%s rejected, moved to %s: %s",
+        source.uri,
+        quarantine_uri,
+        "; ".join(v.message for v in validation.ordered_violations()[:5]),
+    )
+    return _rejected_event(event, contract, report, report_uri)
+
+
+def _rejected_event(
+    event: CloudEvent, contract: Contract, report: dict[str, Any], report_uri: str
+) -> CloudEvent:
+    reasons = [
+        {"rule": v["rule"], "column": v["column"], "count": v["count"], "message": v["message"]}
+        for v in report["violations"]
+    ]
+    return DatasetRejected(
+        dataset=contract.name,
+        source_uri=report["source_uri"],
+        quarantine_uri=report["quarantine_uri"],
+        report_uri=report_uri,
+        rows_in=report["rows_in"],
+        rows_rejected=report["rows_rejected"],
+        reasons=reasons,  # type: ignore[arg-type]
+    ).to_event(
+        source=SOURCE,
+        subject=report["source_uri"].removeprefix(f"s3://{layout.LANDING}/"),
+        id=reply_id(event, "rejected"),
+        extensions={"partitionkey": contract.name},
+    )
+
+
+def _remove_from_landing(source: SourceObject) -> None:
+    """Remove the original, unless it was overwritten since we read it (then it is a new file)."""
+    try:
+        current = s3().stat_object(source.bucket, source.key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return
+        raise
+    if source.etag and (current.etag or "").strip('"') != source.etag:
+        log.warning("%s changed since it was read; leaving the new version in landing", source.uri)
+        return
+    s3().remove_object(source.bucket, source.key)
+
+
+def _answer_again_or_ignore(
+    event: CloudEvent, created: ObjectCreated, contract: Contract
+) -> CloudEvent | None:
+    """The object is gone: answer again if this very version was quarantined, else ignore."""
+    _, report_key = layout.quarantined(created.key)
+    if _exists(layout.QUARANTINE, report_key):
+        report = json.loads(_get_bytes(layout.QUARANTINE, report_key))
+        if report.get("decision") == "rejected" and report.get("object_version") == created.version:
+            log.info("%s was already quarantined; answering the rejection again", created.key)
+            return _rejected_event(event, contract, report, f"s3://{layout.QUARANTINE}/{report_key}")
+    log.warning("s3://%s/%s no longer exists; nothing to ingest", created.bucket, created.key)
+    return None
+
+
+def _accept(
+    event: CloudEvent,
+    created: ObjectCreated,
+    contract: Contract,
+    source: SourceObject,
+    validation: Validation,
+) -> CloudEvent:
+    version = dataset_version(source.data)
+    offline_key = layout.offline_data(contract.name, version)
+    frame = offline_frame(contract, validation.valid_table())
+    if _exists(layout.FEATURES, offline_key):
+        written = _get_bytes(layout.FEATURES, offline_key)
+        log.info("%s: version %s is already in the offline store; not rewritten", source.uri, version)
+    else:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False, engine="pyarrow")
+        written = buffer.getvalue()
+        _put(layout.FEATURES, offline_key, written, "application/vnd.apache.parquet")
+        log.info("%s → s3://%s/%s (%d rows)", source.uri, layout.FEATURES, offline_key, len(frame))
+    if validation.rows_rejected:
+        _quarantine_rejected_rows(event, created, contract, source, validation, version)
+    return DatasetIngested(
+        dataset=contract.name,
+        version=version,
+        contract=contract.ref,
+        source_uri=source.uri,
+        offline_uri=f"s3://{layout.FEATURES}/{offline_key}",
+        checksum=hashlib.sha256(written).hexdigest(),
+        rows_in=validation.rows_in,
+        rows_written=len(frame),
+        rows_rejected=validation.rows_rejected,
+        event_time_min=rfc3339(frame[EVENT_TIMESTAMP].min().to_pydatetime()),
+        event_time_max=rfc3339(frame[EVENT_TIMESTAMP].max().to_pydatetime()),
+    ).to_event(
+        source=SOURCE,
+        subject=f"{contract.name}/{version}",
+        id=reply_id(event, "ingested"),
+        extensions={"partitionkey": contract.name},
+    )
+
+
+def _quarantine_rejected_rows(
+    event: CloudEvent,
+    created: ObjectCreated,
+    contract: Contract,
+    source: SourceObject,
+    validation: Validation,
+    version: str,
+) -> None:
+    file_key, report_key = layout.quarantined(source.key)
+    rows = validation.rejected_source_rows()
+    buffer = io.BytesIO()
+    if detect_format(source.key, source.content_type, source.data[:4]) == "parquet":
+        rows.to_parquet(buffer, index=False, engine="pyarrow")
+        content_type = "application/vnd.apache.parquet"
+    else:
+        rows.to_csv(buffer, index=False)
+        content_type = "text/csv"
+    _put(layout.QUARANTINE, file_key, buffer.getvalue(), content_type)
+    quarantine_uri = f"s3://{layout.QUARANTINE}/{file_key}"
+    report = _report(
+        event,
+        created,
+        contract,
+        source,
+        validation,
+        decision="accepted_with_rejected_rows",
+        quarantine_uri=quarantine_uri,
+        version=version,
+    )
+    _put_report(report_key, report)
+    log.info("%s: %d rejected rows → %s", source.uri, validation.rows_rejected, quarantine_uri)
