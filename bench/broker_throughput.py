@@ -136,14 +136,14 @@ def wait_for_ports(config: StackConfig, timeout_s: float = 90.0) -> None:
 
 
 @contextmanager
-def bench_stack(storage: str, port_base: int) -> Iterator[StackConfig]:
+def bench_stack(storage: str, port_base: int, function_dirs: str | None = None) -> Iterator[StackConfig]:
     """A dedicated stack in a temporary state dir; always stopped, state kept on failure."""
     state_dir = Path(tempfile.mkdtemp(prefix="faaspipe-bench-"))
     env = {
         **os.environ,
         "FAASPIPE_STATE_DIR": str(state_dir),
         "FAASPIPE_PORT_BASE": str(port_base),
-        "FAASPIPE_FUNCTION_DIRS": str(REPO_ROOT / "bench" / "functions"),
+        "FAASPIPE_FUNCTION_DIRS": function_dirs or str(REPO_ROOT / "bench" / "functions"),
         "FAASPIPE_KAFKA_STORAGE": storage,
         "PYTHONPATH": str(REPO_ROOT),
     }

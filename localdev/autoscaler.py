@@ -9,12 +9,14 @@ count wins. Scaling up starts replica processes; scaling down drains the newest 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import urllib3
 from kafka import KafkaAdminClient, KafkaConsumer
 
 from localdev.gateway import Gateway
@@ -38,17 +40,40 @@ class FunctionScaling:
 
 
 class LagReader:
-    """Long-lived Kafka clients per trigger (kafka-python clients are not thread-safe)."""
+    """A trigger's backlog: the undelivered events its filters match.
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    The group's Kafka lag counts every unconsumed event of the broker topic, also those the
+    trigger's filter will skip, so an idle function would wake for unrelated traffic. While
+    the dispatcher is not saturated it has read everything there is, and its count of active
+    (matching, undelivered) events is exact; when it is saturated, the true Kafka lag of the
+    group is used (KEDA's number, an upper bound).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, broker_url: str | None = None) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.broker_url = broker_url
         self._clients: dict[str, tuple[KafkaAdminClient, KafkaConsumer]] = {}
+        self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=2.0))
+        self._backlog: dict[str, dict[str, object]] = {}
+
+    def refresh(self) -> None:
+        """Read every dispatcher's backlog once per autoscaler round."""
+        if not self.broker_url:
+            return
+        try:
+            resp = self._http.request("GET", self.broker_url + "/triggers")
+            self._backlog = json.loads(resp.data) if resp.status == 200 else {}
+        except (urllib3.exceptions.HTTPError, ValueError):
+            self._backlog = {}
 
     def partitions(self) -> int:
         _, consumer = self._client("_partitions")
         return len(consumer.partitions_for_topic(self.topic) or ())
 
     def lag(self, trigger: Trigger) -> int:
+        known = self._backlog.get(trigger.name)
+        if known is not None and not known.get("saturated"):
+            return int(known.get("active", 0))  # type: ignore[call-overload]
         admin, consumer = self._client(trigger.name)
         return group_lag(
             self.bootstrap, trigger.consumer_group, self.topic, admin=admin, consumer=consumer
@@ -88,6 +113,7 @@ class Autoscaler(threading.Thread):
         partitions = self.lag_reader.partitions()
         while not self.stop_event.wait(0.25):
             self.gateway.sample()
+            self.lag_reader.refresh()
             now = time.monotonic()
             for fs in self.state.values():
                 if now < fs.next_poll:

@@ -209,7 +209,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from localdev import pipeline
 
-    return pipeline.run(_config(args), timeout_s=args.timeout)
+    return pipeline.run(_config(args), timeout_s=args.timeout, force=args.force)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true")
     run = sub.add_parser("run", help="the main job: drop AI4I into landing, wait for a serving champion")
     run.add_argument("--timeout", type=float, default=1800.0)
+    run.add_argument("--force", action="store_true", help="upload and retrain even if a champion serves")
     events = sub.add_parser("events", help="print events from the broker log")
     events.add_argument("--all", action="store_true", help="from the beginning of the log, not from now")
     events.add_argument("-f", "--follow", action="store_true")

@@ -41,7 +41,35 @@ def dataset_file() -> tuple[Path, str]:
     return path, "generated AI4I-style data (../shared/datasets absent)"
 
 
-def run(config: StackConfig, timeout_s: float = 1800.0) -> int:
+def run(config: StackConfig, timeout_s: float = 1800.0, force: bool = False) -> int:
+    """The main job; prints progress and how to call the champion. 0 when a champion serves.
+
+    When a champion already serves (a second ``make up``), nothing is uploaded again unless
+    ``force``: dropping the file again would start a new study, by design.
+    """
+    from shared.contracts import get_contract
+
+    name = get_contract("ai4i").model_name
+    if not force:
+        try:
+            resp = _HTTP.request(
+                "GET",
+                f"{config.function_url('predict')}v2/models/{name}",
+                timeout=urllib3.Timeout(connect=2, read=5),
+            )
+        except urllib3.exceptions.HTTPError:
+            resp = None
+        if resp is not None and resp.status == 200:
+            version = json.loads(resp.data).get("versions", ["?"])[0]
+            print(
+                f"a champion already serves: {name} version {version} at {config.function_url('predict')} "
+                "(`faaspipe run --force` drops the dataset again and retrains)"
+            )
+            return 0
+    return 0 if run_chain(config, timeout_s) is not None else 1
+
+
+def run_chain(config: StackConfig, timeout_s: float = 1800.0) -> dict[str, object] | None:
     path, what = dataset_file()
     log = EventLog(config)  # start reading before the upload: nothing is missed
     s3 = Minio(
@@ -55,6 +83,7 @@ def run(config: StackConfig, timeout_s: float = 1800.0) -> int:
     s3.fput_object("landing", LANDING_KEY, str(path), content_type="text/csv")
     print(f"uploaded {what} to s3://landing/{LANDING_KEY}; following the pipeline ...", flush=True)
     outcome = None
+    registered: dict[str, dict] = {}  # type: ignore[type-arg]
     for event in log.events(timeout_s):
         data = event.get_data() or {}
         print(
@@ -62,19 +91,21 @@ def run(config: StackConfig, timeout_s: float = 1800.0) -> int:
             f"  {_summary(event.get_type(), data)}",
             flush=True,
         )
+        if event.get_type() == "dev.faaspipe.model.registered.v1":
+            registered[str(data["version"])] = data.get("metrics", {})
         if event.get_type() in FINAL_TYPES:
             outcome = event
             break
     log.close()
     if outcome is None:
         print(f"the pipeline did not finish within {timeout_s:.0f}s; see `faaspipe logs`", file=sys.stderr)
-        return 1
+        return None
     if outcome.get_type() != "dev.faaspipe.model.promoted.v1":
         print(
             f"the pipeline ended without a champion: {outcome.get_type()} {json.dumps(outcome.get_data())}",
             file=sys.stderr,
         )
-        return 1
+        return None
     data = outcome.get_data() or {}
     name = data["model_name"]
     url = config.function_url("predict")
@@ -84,10 +115,11 @@ def run(config: StackConfig, timeout_s: float = 1800.0) -> int:
         if resp.status == 200 and json.loads(resp.data).get("versions", [None])[0] == str(data["version"]):
             break
         time.sleep(0.5)
-    roc = next((g.get("value") for g in data.get("gates", []) if g.get("name") == "roc_auc"), None)
+    metrics = registered.get(str(data["version"]), {})
+    seconds = time.monotonic() - started
     print(
-        f"\nchampion: {name} version {data['version']}  holdout ROC-AUC {roc}  "
-        f"(file drop to serving: {time.monotonic() - started:.0f}s)"
+        f"\nchampion: {name} version {data['version']}  holdout ROC-AUC {metrics.get('roc_auc')}  "
+        f"PR-AUC {metrics.get('pr_auc')}  F1 {metrics.get('f1')}  (file drop to serving: {seconds:.0f}s)"
     )
     print("predict:")
     print(
@@ -97,7 +129,13 @@ def run(config: StackConfig, timeout_s: float = 1800.0) -> int:
     )
     print(f"  curl -s {url}predict -H 'content-type: application/json' -d '{{\"entities\": [42]}}'")
     print(f"  curl -s {url}v2/models/{name}/infer -H 'content-type: application/json' -d @request.json")
-    return 0
+    return {
+        "model_name": name,
+        "version": str(data["version"]),
+        "metrics": metrics,
+        "drop_to_serving_s": seconds,
+        "dataset": what,
+    }
 
 
 def _summary(event_type: str, data: dict) -> str:  # type: ignore[type-arg]

@@ -162,7 +162,9 @@ class Supervisor:
                 self._wait_ready(child, timeout)
             mlflow.result()
         self._start(components.broker(self.config), timeout)
-        lag_reader = LagReader(self.config.kafka_bootstrap, self.config.broker_topic)
+        lag_reader = LagReader(
+            self.config.kafka_bootstrap, self.config.broker_topic, self.config.url("ingress")
+        )
         self.autoscaler = Autoscaler(
             [fr.function for fr in self.functions.values()],
             self.gateway,
@@ -285,6 +287,8 @@ class Supervisor:
                 name: {
                     "url": self.config.function_url(name),
                     "kind": fr.function.kind,
+                    "min_replicas": fr.function.scaling.min_replicas,
+                    "max_replicas": fr.function.scaling.max_replicas,
                     "replicas": [describe(c, f"http://127.0.0.1:{c.port}") for c in fr.replicas],
                     "triggers": [t.name for t in fr.function.triggers],
                     "scaling": self.autoscaler.status(name) if self.autoscaler else {},

@@ -107,6 +107,9 @@ class TriggerDispatcher(threading.Thread):
         self.max_in_flight = max_in_flight
         self.stop_event = threading.Event()
         self._slot_free = threading.Event()
+        self._active_lock = threading.Lock()
+        self.active = 0  # matching events submitted and not yet finished
+        self.saturated = False
         self.ready = threading.Event()
         self.error: str | None = None
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"deliver-{trigger.name}")
@@ -141,12 +144,27 @@ class TriggerDispatcher(threading.Thread):
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _in_flight(self) -> int:
-        return sum(1 for q in self._pending.values() for _, f in q if f is not None and not f.done())
+        return self.active
+
+    def backlog(self) -> dict[str, object]:
+        """Undelivered matching events this dispatcher knows of (read by the autoscaler).
+
+        Unsaturated, the dispatcher has read every event there is, so ``active`` (matching
+        events being delivered or retried) is the exact backlog; saturated, unread events may
+        match too, and only the consumer group's Kafka lag bounds them.
+        """
+        return {"active": self.active, "saturated": self.saturated}
+
+    def _done(self, _future: Future[None]) -> None:
+        with self._active_lock:
+            self.active -= 1
+        self._slot_free.set()
 
     def _poll_once(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         free = self.max_in_flight - self._in_flight()
+        self.saturated = free <= 0
         if free <= 0:
             # Saturated: keep the group alive but wait for a delivery to finish, not for a poll
             # timeout (kafka-python sleeps the whole timeout when every partition is paused).
@@ -182,8 +200,10 @@ class TriggerDispatcher(threading.Thread):
             event = with_attributes(event, drop=[REPLAY_TARGET])
         elif not matches(self.trigger.filters, event.get_attributes()):
             return None
+        with self._active_lock:
+            self.active += 1
         future = self._pool.submit(self._deliver, event, record.timestamp)
-        future.add_done_callback(lambda _f: self._slot_free.set())
+        future.add_done_callback(self._done)
         return future
 
     def _deliver(self, event: CloudEvent, produced_ms: int) -> None:

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
             200 if ready.is_set() else 503
         )
 
+    @app.get("/triggers")
+    def backlog() -> Response:
+        return jsonify({d.trigger.name: d.backlog() for d in dispatchers})
+
     @app.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
