@@ -41,6 +41,7 @@ envs: .venv/.synced $(FUNCTION_ENVS:%=.venvs/%/.synced)
 
 up: envs
 	.venv/bin/faaspipe up
+	.venv/bin/faaspipe run
 
 down:
 	@if [ -x .venv/bin/faaspipe ]; then .venv/bin/faaspipe down; else echo "nothing to stop"; fi
@@ -61,6 +62,7 @@ format: .venv/.synced
 
 bench: envs
 	$(PY) -m bench.broker_throughput
+	$(PY) -m bench.ml_serving
 
 lock: $(UV)
 	$(UV) lock
