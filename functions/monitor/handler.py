@@ -1,0 +1,362 @@
+"""monitor: feature drift and performance drift of the served models.
+
+* ``dev.faaspipe.prediction.logged.v1`` → the prediction joins its model version's window;
+  a closed window (``FAASPIPE_DRIFT_WINDOW_SIZE`` predictions, default 500, or
+  ``FAASPIPE_DRIFT_WINDOW_SECONDS``, default 300, with at least ``FAASPIPE_DRIFT_MIN_WINDOW``)
+  is tested against the version's ``reference.csv`` (KS + chi-square, see ``drift.py``);
+  drift → the reply ``dev.faaspipe.drift.detected.v1`` (kind ``feature``).
+* ``dev.faaspipe.object.created.v1`` for ``labels/…`` in the landing bucket → the labels are
+  joined on the stored predictions (``request_id`` or ``udi``); ROC-AUC / F1 of the latest
+  labelled window vs the holdout metrics in ``meta.json``; a drop beyond the tolerance →
+  ``drift.detected`` (kind ``performance``).
+
+State: windows live in memory, but every prediction is also in the SQLite store
+(``$FAASPIPE_STATE_DIR/monitor/monitor.db``) with a flag "covered by a closed window"; ``init``
+rebuilds the open windows from it, so a restart loses at most the predictions still in
+flight in the broker (redelivered anyway). One replica (``maxReplicaCount: 1``): the windows
+of a model version must see all of its predictions.
+
+Redelivery: the runtime drops duplicate events and replays the stored reply (idempotent), and
+the store ignores an event id it already has, so a prediction never counts twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from minio.error import S3Error
+from prometheus_client import Counter, Gauge, Histogram
+
+from events import DriftDetected, ObjectCreated, PredictionLogged, rfc3339
+from functions.monitor.drift import DETECTOR_NAME, ReferenceCache
+from functions.monitor.performance import (
+    LabelsFileError,
+    PerformanceConfig,
+    PerformanceResult,
+    evaluate,
+    parse_labels_csv,
+)
+from functions.monitor.store import MonitorStore, StoredPrediction
+from functions.monitor.windows import ClosedWindow, Observation, WindowConfig, Windows
+from shared import layout, settings
+from shared.cloudevents_io import CloudEvent
+from shared.contracts import Contract, get_contract
+from shared.emit import emit
+
+log = logging.getLogger("faaspipe.monitor")
+
+
+def _runtime_event_rejected() -> type[ValueError]:
+    """The runtime's ``EventRejected`` class (422, dead-lettered without retry).
+
+    Under ``python -m shared.runtime`` the runtime module is ``__main__``: importing
+    ``shared.runtime`` again would load a second copy (a different class the runtime does not
+    catch, and duplicate Prometheus metrics). Use the running one when there is one.
+    """
+    running = getattr(sys.modules.get("__main__"), "EventRejected", None)
+    if isinstance(running, type) and issubclass(running, ValueError):
+        return running
+    from shared.runtime import EventRejected
+
+    return EventRejected
+
+
+EventRejected = _runtime_event_rejected()
+
+SOURCE = "/faaspipe/functions/monitor"
+LABELS_PREFIX = "labels/"
+NAMESPACE = uuid.UUID("6f3c1e52-9d7a-4b8e-a1d2-5c0b7e9f4a10")
+
+PREDICTIONS = Counter("faaspipe_monitor_predictions_total", "Logged predictions seen", ["outcome"])
+WINDOW_FILL = Gauge("faaspipe_monitor_window_fill", "Predictions in the open window", ["model", "version"])
+CHECKS = Counter(
+    "faaspipe_monitor_drift_checks_total", "Drift checks run", ["model", "version", "kind", "outcome"]
+)
+CHECK_SECONDS = Histogram("faaspipe_monitor_check_seconds", "Duration of a drift check", ["kind"])
+LABELS_JOINED = Counter("faaspipe_monitor_labels_joined_total", "Labels joined on a stored prediction")
+
+
+class Monitor:
+    def __init__(self, contract: Contract, state_dir: Path, p_val: float) -> None:
+        self.contract = contract
+        self.p_val = p_val
+        self.s3 = settings.s3_client()
+        self.windows = Windows(WindowConfig.from_env())
+        self.performance = PerformanceConfig.from_env()
+        self.store = MonitorStore(
+            state_dir / "monitor" / "monitor.db",
+            int(os.environ.get("FAASPIPE_MONITOR_KEEP_PREDICTIONS", "100000")),
+        )
+        self.references = ReferenceCache(self.s3, contract, p_val)
+        self._meta: dict[tuple[str, str], dict[str, Any]] = {}
+        self._backlog: list[ClosedWindow] = []  # windows closed while rebuilding, checked by the timer
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ predictions
+    def rebuild_windows(self) -> None:
+        """Refill open windows from stored predictions no closed window covered yet."""
+        pending = self.store.open_predictions()
+        for stored in pending:
+            closed = self.windows.add(
+                (stored.model_name, stored.model_version),
+                Observation(stored.event_id, datetime.fromisoformat(stored.predicted_at), stored.inputs),
+            )
+            if closed is not None:
+                self._backlog.append(closed)
+        if pending:
+            log.info("rebuilt open windows from %d stored predictions: %s", len(pending), self.windows.fill())
+
+    def on_prediction(self, event: CloudEvent) -> CloudEvent | None:
+        logged = PredictionLogged.from_event(event)
+        predicted_at = event.get_time() or datetime.now(UTC)
+        stored = StoredPrediction(
+            event_id=event.get_id(),
+            request_id=logged.request_id,
+            entity_id=None if logged.entity_id is None else str(logged.entity_id),
+            model_name=logged.model_name,
+            model_version=logged.model_version,
+            probability=float(logged.output["probability"]),
+            label=int(logged.output["label"]),
+            predicted_at=predicted_at.isoformat(),
+            inputs=dict(logged.inputs),
+        )
+        if not self.store.add_prediction(stored):
+            PREDICTIONS.labels("duplicate").inc()
+            return None
+        PREDICTIONS.labels("new").inc()
+        key = (logged.model_name, logged.model_version)
+        closed = self.windows.add(key, Observation(event.get_id(), predicted_at, stored.inputs))
+        WINDOW_FILL.labels(*key).set(self.windows.fill().get(key, 0))
+        return None if closed is None else self.check_window(closed)
+
+    def check_window(self, window: ClosedWindow) -> CloudEvent | None:
+        """Run the feature-drift tests on a closed window; the drift event, if any."""
+        labels = (window.model_name, window.model_version)
+        if window.reason == "expired":
+            log.info(
+                "%s v%s: dropping a window of %d predictions that never reached %d",
+                *labels,
+                window.size,
+                self.windows.config.min_size,
+            )
+            CHECKS.labels(*labels, "feature", "expired").inc()
+            self.store.mark_closed(o.event_id for o in window.observations)
+            return None
+        started = time.perf_counter()
+        try:
+            detector = self.references.get(*labels)
+        except S3Error as exc:
+            log.warning("no drift reference for %s v%s (%s); window of %d skipped", *labels, exc, window.size)
+            CHECKS.labels(*labels, "feature", "no_reference").inc()
+            self.store.mark_closed(o.event_id for o in window.observations)
+            return None
+        rows = [o.inputs for o in window.observations]
+        try:
+            result = detector.check(rows)
+        except (KeyError, ValueError) as exc:
+            log.warning("window of %s v%s has unusable inputs (%s); skipped", *labels, exc)
+            CHECKS.labels(*labels, "feature", "bad_inputs").inc()
+            self.store.mark_closed(o.event_id for o in window.observations)
+            return None
+        CHECK_SECONDS.labels("feature").observe(time.perf_counter() - started)
+        self.store.mark_closed(o.event_id for o in window.observations)
+        WINDOW_FILL.labels(*labels).set(self.windows.fill().get(labels, 0))
+        outcome = "drift" if result.is_drift else "no_drift"
+        CHECKS.labels(*labels, "feature", outcome).inc()
+        log.info(
+            "%s v%s window of %d (%s, %s..%s): %s %s",
+            *labels,
+            window.size,
+            window.reason,
+            rfc3339(window.start),
+            rfc3339(window.end),
+            outcome,
+            {f: round(p, 5) for f, p in result.p_values.items()},
+        )
+        if not result.is_drift:
+            return None
+        first, last = window.observations[0].event_id, window.observations[-1].event_id
+        return DriftDetected(
+            kind="feature",
+            detector=DETECTOR_NAME,
+            model_name=window.model_name,
+            model_version=window.model_version,
+            p_values=result.p_values,
+            threshold=self.p_val,
+            drifted_features=result.drifted,
+            window={"start": rfc3339(window.start), "end": rfc3339(window.end), "size": window.size},
+        ).to_event(
+            source=SOURCE,
+            subject=f"{window.model_name}/{window.model_version}",
+            id=str(
+                uuid.uuid5(
+                    NAMESPACE,
+                    f"feature/{window.model_name}/{window.model_version}/{first}/{last}/{window.size}",
+                )
+            ),
+        )
+
+    def _emit_if_drift(self, window: ClosedWindow) -> None:
+        event = self.check_window(window)
+        if event is not None:
+            emit(event)
+
+    def flush_due_windows(self) -> None:
+        """Check windows whose time is up although no new prediction arrived (and the backlog)."""
+        backlog, self._backlog = self._backlog, []
+        for window in backlog + self.windows.due():
+            try:
+                self._emit_if_drift(window)
+            except Exception:  # noqa: BLE001 - the timer must keep running
+                log.exception(
+                    "time-based drift check of %s v%s failed", window.model_name, window.model_version
+                )
+
+    def run_timer(self) -> None:
+        interval = max(1.0, min(30.0, self.windows.config.seconds / 5))
+        while not self._stop.wait(interval):
+            self.flush_due_windows()
+
+    # ------------------------------------------------------------------ labels
+    def _model_meta(self, model_name: str, version: str) -> dict[str, Any]:
+        key = (model_name, version)
+        if key not in self._meta:
+            resp = self.s3.get_object(layout.MODELS, layout.serving_model(model_name, version, "meta.json"))
+            try:
+                self._meta[key] = json.loads(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+        return self._meta[key]
+
+    def on_labels(self, event: CloudEvent) -> CloudEvent | None:
+        created = ObjectCreated.from_event(event)
+        if created.bucket != layout.LANDING or not created.key.startswith(LABELS_PREFIX):
+            return None
+        resp = self.s3.get_object(created.bucket, created.key)
+        try:
+            data = resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+        try:
+            labels, skipped = parse_labels_csv(data)
+        except (LabelsFileError, UnicodeDecodeError) as exc:
+            raise EventRejected(f"s3://{created.bucket}/{created.key}: {exc}") from exc
+        touched = self.store.join_labels(labels, f"{created.key}@{created.version}")
+        LABELS_JOINED.inc(len(labels))
+        log.info(
+            "labels s3://%s/%s: %d rows (%d skipped), model versions %s",
+            created.bucket,
+            created.key,
+            len(labels),
+            skipped,
+            sorted(touched),
+        )
+        events = [
+            e for e in (self.check_performance(m, v, event) for m, v in sorted(touched)) if e is not None
+        ]
+        for extra in events[1:]:
+            emit(extra)
+        return events[0] if events else None
+
+    def check_performance(self, model_name: str, version: str, cause: CloudEvent) -> CloudEvent | None:
+        rows = self.store.labelled_window(model_name, version, self.performance.window)
+        try:
+            reference = self._model_meta(model_name, version)["metrics"]
+        except (S3Error, KeyError) as exc:
+            log.warning(
+                "no holdout metrics for %s v%s (%s); performance not checked", model_name, version, exc
+            )
+            CHECKS.labels(model_name, version, "performance", "no_reference").inc()
+            return None
+        result: PerformanceResult | None = evaluate(rows, reference, self.performance)
+        if result is None:
+            CHECKS.labels(model_name, version, "performance", "too_few_labels").inc()
+            log.info(
+                "%s v%s: %d labelled predictions, too few (or one class) to judge",
+                model_name,
+                version,
+                len(rows),
+            )
+            return None
+        outcome = "drift" if result.degraded_metric else "no_drift"
+        CHECKS.labels(model_name, version, "performance", outcome).inc()
+        log.info(
+            "%s v%s performance on %d labelled: roc_auc %.3f (holdout %.3f), f1 %.3f (holdout %.3f): %s",
+            model_name,
+            version,
+            result.size,
+            result.roc_auc,
+            result.reference_roc_auc,
+            result.f1,
+            result.reference_f1,
+            outcome,
+        )
+        if result.degraded_metric is None:
+            return None
+        metric = result.degraded_metric
+        value, ref = (
+            (result.roc_auc, result.reference_roc_auc)
+            if metric == "roc_auc"
+            else (result.f1, result.reference_f1)
+        )
+        times = sorted(r.predicted_at for r in rows)
+        return DriftDetected(
+            kind="performance",
+            detector=metric,
+            model_name=model_name,
+            model_version=version,
+            p_values={},
+            threshold=self.performance.tolerance if metric == "roc_auc" else self.performance.f1_tolerance,
+            drifted_features=[],
+            metric={"name": metric, "value": value, "reference": ref},
+            window={
+                "start": rfc3339(datetime.fromisoformat(times[0])),
+                "end": rfc3339(datetime.fromisoformat(times[-1])),
+                "size": result.size,
+            },
+        ).to_event(
+            source=SOURCE,
+            subject=f"{model_name}/{version}",
+            id=str(
+                uuid.uuid5(
+                    NAMESPACE, f"performance/{model_name}/{version}/{cause.get_source()}/{cause.get_id()}"
+                )
+            ),
+        )
+
+
+_monitor: Monitor | None = None
+
+
+def init() -> None:
+    global _monitor
+    from alibi_detect.cd import KSDrift  # noqa: F401 - pay the slow first import before reporting ready
+
+    contract = get_contract(os.environ.get("FAASPIPE_DATASET", "ai4i"))
+    state_dir = Path(os.environ.get("FAASPIPE_STATE_DIR", ".faaspipe"))
+    monitor = Monitor(contract, state_dir, float(os.environ.get("FAASPIPE_DRIFT_P_VAL", "0.05")))
+    monitor.rebuild_windows()
+    threading.Thread(target=monitor.run_timer, name="drift-timer", daemon=True).start()
+    _monitor = monitor
+    log.info("monitor ready: windows %s, performance %s", monitor.windows.config, monitor.performance)
+
+
+def handle(event: CloudEvent) -> CloudEvent | None:
+    if _monitor is None:
+        raise RuntimeError("monitor is not initialised")
+    if event.get_type() == PredictionLogged.TYPE:
+        return _monitor.on_prediction(event)
+    if event.get_type() == ObjectCreated.TYPE:
+        return _monitor.on_labels(event)
+    raise EventRejected(f"monitor does not handle {event.get_type()}")

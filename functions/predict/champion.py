@@ -1,0 +1,206 @@
+"""The champion model of a replica: found in the MLflow registry, loaded from S3, hot-swapped.
+
+The registry is read over MLflow's REST API with urllib3 (no mlflow client: the serving
+image stays lean). A new version is loaded completely (artefacts, checks, Booster, one
+warm-up prediction) before a single reference assignment makes it current, so requests in
+flight keep the model object they started with and none fails during a swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import urllib3
+import xgboost
+from minio import Minio
+from minio.error import S3Error
+from prometheus_client import Counter, Gauge
+
+from shared import layout
+from shared.contracts import Contract
+
+log = logging.getLogger("faaspipe.predict.champion")
+
+SWAPS = Counter("faaspipe_predict_model_swaps_total", "Champion models loaded and swapped in")
+LOAD_FAILURES = Counter("faaspipe_predict_model_load_failures_total", "Champion lookups/loads that failed")
+SERVED_VERSION = Gauge(
+    "faaspipe_predict_model_version", "Model version served (1 = current)", ["model", "version"]
+)
+
+
+class RegistryError(RuntimeError):
+    """The MLflow registry could not be asked (down, or an unexpected answer)."""
+
+
+class ArtefactError(RuntimeError):
+    """A registered version's serving artefacts are missing or do not fit the contract."""
+
+
+class RegistryClient:
+    """Reads registry aliases over MLflow's REST API."""
+
+    def __init__(self, tracking_uri: str, http: urllib3.PoolManager | None = None) -> None:
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10))
+
+    def alias_version(self, model_name: str, alias: str) -> str | None:
+        """Version carrying ``alias`` on ``model_name``; ``None`` if the model or alias does not exist."""
+        url = f"{self.tracking_uri}/api/2.0/mlflow/registered-models/alias"
+        try:
+            resp = self.http.request("GET", url, fields={"name": model_name, "alias": alias})
+        except urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"MLflow registry at {self.tracking_uri} unreachable: {exc}") from exc
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = json.loads(resp.data or b"{}")
+        if resp.status == 200:
+            return str(body["model_version"]["version"])
+        code, message = body.get("error_code"), str(body.get("message", ""))
+        if code == "RESOURCE_DOES_NOT_EXIST" or (
+            code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+        ):
+            return None
+        raise RegistryError(f"MLflow alias lookup answered {resp.status}: {resp.data[:300]!r}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One servable model version; immutable, so it can be shared by concurrent requests."""
+
+    name: str
+    version: str
+    booster: xgboost.Booster
+    threshold: float
+    meta: dict[str, Any]
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        """Positive-class probabilities for an encoded float32 matrix (thread-safe in XGBoost)."""
+        return self.booster.inplace_predict(matrix, validate_features=False)
+
+
+def _get_object(s3: Minio, key: str) -> bytes:
+    try:
+        resp = s3.get_object(layout.MODELS, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            raise ArtefactError(f"serving artefact s3://{layout.MODELS}/{key} does not exist") from exc
+        raise
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def load_model(s3: Minio, contract: Contract, model_name: str, version: str) -> LoadedModel:
+    """Load and check a version's ``meta.json`` + ``model.json``; warm it up with one prediction."""
+    meta = json.loads(_get_object(s3, layout.serving_model(model_name, version, "meta.json")))
+    expected = list(contract.encoded_features)
+    if meta.get("contract") != contract.ref or list(meta.get("features", [])) != expected:
+        raise ArtefactError(
+            f"{model_name} v{version}: meta.json is for contract {meta.get('contract')!r} with features "
+            f"{meta.get('features')}; this server encodes {contract.ref} as {expected}"
+        )
+    raw = _get_object(s3, layout.serving_model(model_name, version, "model.json"))
+    booster = xgboost.Booster(model_file=bytearray(raw))
+    booster.set_param({"nthread": 1})
+    if booster.num_features() != len(expected):
+        raise ArtefactError(
+            f"{model_name} v{version}: booster has {booster.num_features()} features, expected {len(expected)}"
+        )
+    model = LoadedModel(model_name, version, booster, float(meta["threshold"]), meta)
+    model.predict_proba(np.zeros((1, len(expected)), dtype=np.float32))  # warm-up before it serves
+    return model
+
+
+class ChampionHolder:
+    """Holds the current champion; ``refresh`` swaps in a new one when the alias moved."""
+
+    def __init__(
+        self,
+        contract: Contract,
+        registry: RegistryClient,
+        s3: Minio,
+        *,
+        model_name: str,
+        alias: str = "champion",
+    ) -> None:
+        self.contract = contract
+        self.registry = registry
+        self.s3 = s3
+        self.model_name = model_name
+        self.alias = alias
+        self.current: LoadedModel | None = None
+        self.status = f"looking up the '{alias}' alias of registered model '{model_name}'"
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    @property
+    def unavailable_reason(self) -> str:
+        return f"no champion model loaded: {self.status}"
+
+    def refresh(self) -> bool:
+        """Look the alias up; load and swap in its version if it changed. True if swapped."""
+        with self._refresh_lock:
+            try:
+                version = self.registry.alias_version(self.model_name, self.alias)
+                if version is None:
+                    self.status = (
+                        f"registered model '{self.model_name}' has no '{self.alias}' alias in MLflow at "
+                        f"{self.registry.tracking_uri} yet (promote a version)"
+                    )
+                    return False
+                current = self.current
+                if current is not None and current.version == version:
+                    return False
+                started = time.perf_counter()
+                model = load_model(self.s3, self.contract, self.model_name, version)
+            except Exception as exc:
+                LOAD_FAILURES.inc()
+                self.status = f"{type(exc).__name__}: {exc}"
+                raise
+            previous = self.current
+            self.current = model  # the swap: one reference assignment
+            self.status = f"serving {self.model_name} v{version}"
+            SWAPS.inc()
+            if previous is not None:
+                SERVED_VERSION.labels(self.model_name, previous.version).set(0)
+            SERVED_VERSION.labels(self.model_name, version).set(1)
+            log.info(
+                "champion %s v%s loaded in %.0f ms (was %s)",
+                self.model_name,
+                version,
+                (time.perf_counter() - started) * 1000,
+                previous.version if previous else "none",
+            )
+            return True
+
+    def poll_forever(self, interval_s: float) -> None:
+        """Background loop: every replica converges on the alias even if it missed the event."""
+        while not self._stop.wait(interval_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep serving the current model; retry later
+                log.warning(
+                    "champion refresh failed (serving %s): %s",
+                    self.current.version if self.current else "nothing",
+                    exc,
+                )
+
+    def start_polling(self, interval_s: float) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.poll_forever, args=(interval_s,), name="champion-poll", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,51 @@
+"""Online features by entity id, from the feature-server function (an http function)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import urllib3
+
+from functions.predict.inputs import BadInput
+
+
+class FeatureServer:
+    """``POST <gateway>/feature-server/online {"dataset", "entities"}`` → ``{"rows": [row | null]}``."""
+
+    def __init__(self, gateway_url: str, dataset: str, http: urllib3.PoolManager | None = None) -> None:
+        self.url = f"{gateway_url.rstrip('/')}/feature-server/online"
+        self.dataset = dataset
+        self.http = http or urllib3.PoolManager(
+            maxsize=16, retries=False, timeout=urllib3.Timeout(connect=1.0, read=5.0)
+        )
+
+    def rows(self, entities: list[int]) -> list[dict[str, Any]]:
+        """One row per entity; unknown entities → ``BadInput`` 404 naming them all."""
+        body = json.dumps({"dataset": self.dataset, "entities": entities}).encode()
+        try:
+            resp = self.http.request(
+                "POST", self.url, body=body, headers={"Content-Type": "application/json"}
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise BadInput(f"feature server at {self.url} unreachable: {exc}", status=503) from exc
+        if resp.status != 200:
+            raise BadInput(
+                f"feature server at {self.url} answered {resp.status}: {resp.data[:300].decode(errors='replace')}",
+                status=503 if resp.status in (404, 503) or resp.status >= 500 else 502,
+            )
+        try:
+            rows = json.loads(resp.data)["rows"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"feature server answered an unexpected body: {exc}", status=502) from exc
+        if not isinstance(rows, list) or len(rows) != len(entities):
+            raise BadInput(
+                f"feature server returned {len(rows) if isinstance(rows, list) else rows!r} rows for {len(entities)} entities",
+                status=502,
+            )
+        unknown = [entity for entity, row in zip(entities, rows, strict=True) if row is None]
+        if unknown:
+            raise BadInput(
+                f"unknown entity id(s) {unknown}: no online features for dataset '{self.dataset}'", status=404
+            )
+        return rows

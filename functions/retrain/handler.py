@@ -1,0 +1,180 @@
+"""retrain-controller: drift → at most one retrain request per model at a time.
+
+* ``dev.faaspipe.drift.detected.v1`` → ``dev.faaspipe.retrain.requested.v1`` (reply) when no
+  retrain is in flight for the model and the cooldown after the last completed one is over
+  (``FAASPIPE_RETRAIN_COOLDOWN_SECONDS``, default 600); see ``policy.py``.
+* ``dev.faaspipe.model.promoted.v1`` / ``model.rejected.v1`` of that model, decided after the
+  request → the retrain completed: in-flight cleared, cooldown starts.
+
+State per model: ``layout.retrain_state(model)`` in the models bucket (JSON, see
+``RetrainState``). Reads and writes of one model's state are serialised by a lock in the
+process; the function runs as one replica (``maxReplicaCount: 1``) so that lock is enough.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from minio import Minio
+from minio.error import S3Error
+from prometheus_client import Counter
+
+from events import DriftDetected, ModelPromoted, ModelRejected, RetrainRequested
+from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on_drift
+from shared import layout, settings
+from shared.cloudevents_io import CloudEvent
+
+log = logging.getLogger("faaspipe.retrain")
+
+
+def _runtime_event_rejected() -> type[ValueError]:
+    """The runtime's ``EventRejected`` class (422, dead-lettered without retry).
+
+    Under ``python -m shared.runtime`` the runtime module is ``__main__``: importing
+    ``shared.runtime`` again would load a second copy (a different class the runtime does not
+    catch, and duplicate Prometheus metrics). Use the running one when there is one.
+    """
+    running = getattr(sys.modules.get("__main__"), "EventRejected", None)
+    if isinstance(running, type) and issubclass(running, ValueError):
+        return running
+    from shared.runtime import EventRejected
+
+    return EventRejected
+
+
+EventRejected = _runtime_event_rejected()
+
+NAME = "retrain-controller"
+SOURCE = f"/faaspipe/functions/{NAME}"
+DECISIONS = Counter("faaspipe_retrain_decisions_total", "Retrain controller decisions", ["model", "action"])
+
+
+class StateStore:
+    """The retrain state of each model, as JSON objects in the models bucket."""
+
+    def __init__(self, s3: Minio) -> None:
+        self.s3 = s3
+
+    def load(self, model_name: str) -> RetrainState:
+        try:
+            resp = self.s3.get_object(layout.MODELS, layout.retrain_state(model_name))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return RetrainState(model_name)
+            raise
+        try:
+            return RetrainState.from_dict(json.loads(resp.read()))
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def save(self, state: RetrainState) -> None:
+        body = json.dumps(state.to_dict(), indent=2).encode()
+        self.s3.put_object(
+            layout.MODELS,
+            layout.retrain_state(state.model_name),
+            io.BytesIO(body),
+            len(body),
+            content_type="application/json",
+        )
+
+
+_store: StateStore | None = None
+_config = PolicyConfig()
+_model_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+def init() -> None:
+    global _store, _config
+    _store = StateStore(settings.s3_client())
+    _config = PolicyConfig.from_env()
+    log.info(
+        "retrain controller: cooldown %.0fs after a completed retrain, in-flight limit %.0fs",
+        _config.cooldown_s,
+        _config.max_in_flight_s,
+    )
+
+
+def _lock_for(model_name: str) -> threading.Lock:
+    with _locks_guard:
+        return _model_locks[model_name]
+
+
+def _reason(drift: DriftDetected) -> str:
+    if drift.kind == "performance" and drift.metric:
+        what = f"{drift.metric['name']} {drift.metric['value']:.3f} vs {drift.metric['reference']:.3f}"
+    else:
+        what = ", ".join(drift.drifted_features) or "features"
+    return f"{drift.kind} drift on {drift.model_name} v{drift.model_version} ({drift.detector}): {what}"
+
+
+def _on_drift(event: CloudEvent, store: StateStore) -> CloudEvent | None:
+    drift = DriftDetected.from_event(event)
+    now = datetime.now(UTC)
+    with _lock_for(drift.model_name):
+        state = store.load(drift.model_name)
+        decision, new_state = on_drift(state, event.get_id(), now, _config)
+        if new_state != state:
+            store.save(new_state)
+    DECISIONS.labels(drift.model_name, decision.action).inc()
+    log.info("drift %s on %s: %s (%s)", event.get_id(), drift.model_name, decision.action, decision.reason)
+    if not decision.sends_request:
+        return None
+    return RetrainRequested(
+        model_name=drift.model_name, reason=_reason(drift), requested_by=NAME, drift_event_id=event.get_id()
+    ).to_event(source=SOURCE, subject=drift.model_name, id=decision.request_id)
+
+
+def _on_decision(event: CloudEvent, store: StateStore) -> None:
+    if event.get_type() == ModelPromoted.TYPE:
+        promoted = ModelPromoted.from_event(event)
+        model_name, version, decided_at, outcome = (
+            promoted.model_name,
+            promoted.version,
+            promoted.decided_at,
+            "promoted",
+        )
+    else:
+        rejected = ModelRejected.from_event(event)
+        model_name, version, decided_at, outcome = (
+            rejected.model_name,
+            rejected.version,
+            rejected.decided_at,
+            "rejected",
+        )
+    with _lock_for(model_name):
+        state = store.load(model_name)
+        changed, new_state = on_decision(
+            state,
+            outcome,
+            version,
+            datetime.fromisoformat(decided_at.replace("Z", "+00:00")),
+            datetime.now(UTC),
+        )
+        if changed:
+            store.save(new_state)
+    DECISIONS.labels(model_name, f"completed_{outcome}" if changed else f"ignored_{outcome}").inc()
+    if changed:
+        log.info(
+            "%s v%s %s: retrain of %s completed; cooldown starts", model_name, version, outcome, model_name
+        )
+    else:
+        log.info("%s v%s %s: no retrain in flight before it; state unchanged", model_name, version, outcome)
+
+
+def handle(event: CloudEvent) -> CloudEvent | None:
+    if _store is None:
+        raise RuntimeError("retrain controller is not initialised")
+    if event.get_type() == DriftDetected.TYPE:
+        return _on_drift(event, _store)
+    if event.get_type() in (ModelPromoted.TYPE, ModelRejected.TYPE):
+        _on_decision(event, _store)
+        return None
+    raise EventRejected(f"{NAME} does not handle {event.get_type()}")

@@ -1,0 +1,427 @@
+"""predict: JSON + Open Inference v2 routes, bad input, lean image, hot swap (real stack).
+
+The champion is a fixture model (``tests/fixtures_model.py``) registered in the stack's
+MLflow; set ``FAASPIPE_DEV_STATE_DIR`` to run against an already-running stack instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+import urllib3
+
+from functions.predict.inputs import (
+    BadInput,
+    check_row,
+    encode_rows,
+    rows_from_instances,
+    rows_from_v2_inputs,
+)
+from shared.contracts import get_contract
+from tests.conftest import REPO, Stack, wait_until
+from tests.fixtures_model import MODEL_NAME, ai4i_rows, promote, publish_models, serving_stack, wait_served
+from tests.functions.serve_recorder.client import recorded
+
+CONTRACT = get_contract("ai4i")
+HTTP = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=2, read=30))
+ROW = {
+    "type": "M",
+    "air_temperature_k": 298.1,
+    "process_temperature_k": 308.6,
+    "rotational_speed_rpm": 1551.0,
+    "torque_nm": 42.8,
+    "tool_wear_min": 10.0,
+}
+FAILING_ROW = {**ROW, "type": "L", "torque_nm": 68.0, "tool_wear_min": 230.0, "rotational_speed_rpm": 1250.0}
+
+
+@pytest.fixture(scope="module")
+def serving(request: pytest.FixtureRequest) -> Stack:
+    return serving_stack(request)
+
+
+@pytest.fixture(scope="module")
+def champion(serving: Stack) -> dict[str, Any]:
+    """Two fixture versions: ``current`` is the champion, ``next`` waits for the hot-swap test."""
+    current, following = publish_models(serving.config.function_env(), [101, 102])
+    promote(serving, current["version"], None)
+    wait_served(serving, current["version"])
+    return {"current": current, "next": following}
+
+
+def call(stack: Stack, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+    raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    resp = HTTP.request(
+        method,
+        stack.config.function_url("predict") + path,
+        body=raw,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        return resp.status, json.loads(resp.data)
+    except ValueError:
+        return resp.status, resp.data
+
+
+def v2_tensors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "shape": [len(rows)],
+            "datatype": "BYTES" if name in CONTRACT.categoricals else "FP32",
+            "data": [r[name] for r in rows],
+        }
+        for name in CONTRACT.raw_inputs
+    ]
+
+
+INFER = f"v2/models/{MODEL_NAME}/infer"
+
+
+# --------------------------------------------------------------------------- units (no stack)
+
+
+def test_encoding_matches_the_contract_row_by_row() -> None:
+    rows = [check_row(CONTRACT, r, "r") for r in (ROW, FAILING_ROW, {**ROW, "type": "H"})]
+    matrix = encode_rows(CONTRACT, rows)
+    assert matrix.dtype == np.float32 and matrix.shape == (3, len(CONTRACT.encoded_features))
+    for got, row in zip(matrix, rows, strict=True):
+        assert got.tolist() == pytest.approx(np.float32(CONTRACT.encode(CONTRACT.derive(row))).tolist())
+
+
+def test_v2_tensor_forms_agree() -> None:
+    per_input = rows_from_v2_inputs(CONTRACT, v2_tensors([ROW, FAILING_ROW]))
+    nested = [
+        {**t, "shape": [2, 1], "data": [[v] for v in t["data"]]} for t in v2_tensors([ROW, FAILING_ROW])
+    ]
+    codes = list(CONTRACT.categoricals["type"])
+    flat = [[codes.index(r["type"]), *(r[n] for n in CONTRACT.raw_inputs[1:])] for r in (ROW, FAILING_ROW)]
+    single = rows_from_v2_inputs(
+        CONTRACT, [{"name": "input", "shape": [2, 6], "datatype": "FP32", "data": flat}]
+    )
+    assert per_input == rows_from_v2_inputs(CONTRACT, nested) == single
+    assert per_input[1]["type"] == "L" and per_input[0]["torque_nm"] == 42.8
+
+
+@pytest.mark.parametrize(
+    ("instances", "needle"),
+    [
+        ([{**ROW, "torque_nm": float("nan")}], "finite"),
+        ([{**ROW, "torque_nm": float("inf")}], "finite"),
+        ([{**ROW, "air_temperature_k": 100}], "minimum"),
+        ([{**ROW, "type": 1}], "not one of"),
+        (["not an object"], "expected an object"),
+        ([{}], "missing feature"),
+    ],
+)
+def test_instance_checks(instances: list[Any], needle: str) -> None:
+    with pytest.raises(BadInput, match=needle) as caught:
+        rows_from_instances(CONTRACT, instances)
+    assert caught.value.status == 400
+
+
+def test_too_many_rows_is_413() -> None:
+    with pytest.raises(BadInput) as caught:
+        rows_from_instances(CONTRACT, [ROW] * 10_001)
+    assert caught.value.status == 413
+
+
+# --------------------------------------------------------------------------- lean image
+
+
+def test_serving_image_is_lean() -> None:
+    """predict's import path pulls in none of mlflow/feast/sklearn/pandas (nor are they installed)."""
+    script = (
+        "import importlib.util, sys\n"
+        "import functions.predict.app as app\n"
+        "app.create_app()\n"
+        "heavy = ('mlflow', 'feast', 'sklearn', 'pandas', 'pyarrow', 'alibi_detect')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "installed = [m for m in heavy if importlib.util.find_spec(m) is not None]\n"
+        "print(loaded, installed)\n"
+        "assert not loaded and not installed, (loaded, installed)\n"
+    )
+    result = subprocess.run(
+        [str(REPO / ".venvs" / "serving" / "bin" / "python"), "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@pytest.mark.integration
+def test_instances_route_predicts_and_logs(serving: Stack, champion: dict[str, Any]) -> None:
+    version = champion["current"]["version"]
+    threshold = champion["current"]["meta"]["threshold"]
+    request_id = f"t-{uuid.uuid4().hex}"
+    status, body = call(serving, "POST", "predict", {"instances": [ROW]}, **{"X-Request-Id": request_id})
+    assert status == 200, body
+    assert body["model_name"] == MODEL_NAME and body["model_version"] == version
+    assert body["request_id"] == request_id
+    (prediction,) = body["predictions"]
+    assert 0.0 <= prediction["probability"] <= 1.0
+    assert prediction["label"] == int(prediction["probability"] >= threshold)
+
+    status, batch = call(serving, "POST", "predict", {"instances": [ROW, FAILING_ROW, ROW]})
+    assert status == 200, batch
+    probs = [p["probability"] for p in batch["predictions"]]
+    assert probs[0] == pytest.approx(prediction["probability"]) == pytest.approx(probs[2])
+    assert probs[1] > 0.5 > probs[0], "a high-torque, worn-tool, slow L machine should fail"
+
+    def logged() -> list[dict[str, Any]]:
+        rows = recorded(serving, "dev.faaspipe.prediction.logged.v1", subject=f"{MODEL_NAME}/{version}")
+        return [r for r in rows if r["data"]["request_id"] == request_id]
+
+    (event,) = wait_until(logged, 30, what="the prediction.logged event of the request")
+    data = event["data"]
+    assert data["route"] == "json" and data["model_version"] == version
+    assert data["inputs"] == {k: (v if k == "type" else float(v)) for k, v in ROW.items()}
+    assert data["output"] == prediction
+    assert data["latency_ms"] > 0
+
+    def batch_logged() -> set[str] | None:
+        rows = recorded(serving, "dev.faaspipe.prediction.logged.v1", subject=f"{MODEL_NAME}/{version}")
+        ids = {
+            r["data"]["request_id"] for r in rows if r["data"]["request_id"].startswith(batch["request_id"])
+        }
+        return ids if len(ids) == 3 else None
+
+    batch_ids = wait_until(batch_logged, 30, what="three logged rows of the batch")
+    assert batch_ids == {f"{batch['request_id']}-{i}" for i in range(3)}
+
+
+@pytest.mark.integration
+def test_v2_protocol(serving: Stack, champion: dict[str, Any]) -> None:
+    version = champion["current"]["version"]
+    assert call(serving, "GET", "v2/health/live") == (200, {"live": True})
+    assert call(serving, "GET", "v2/health/ready") == (200, {"ready": True})
+    status, ready = call(serving, "GET", f"v2/models/{MODEL_NAME}/ready")
+    assert status == 200 and ready["ready"] is True
+    status, meta = call(serving, "GET", f"v2/models/{MODEL_NAME}")
+    assert status == 200, meta
+    assert meta["name"] == MODEL_NAME and meta["versions"] == [version]
+    assert [i["name"] for i in meta["inputs"]] == list(CONTRACT.raw_inputs)
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]}["type"] == "BYTES"
+    assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"probability": "FP32", "label": "INT64"}
+
+    rows = [ROW, FAILING_ROW]
+    status, body = call(serving, "POST", INFER, {"id": "req-1", "inputs": v2_tensors(rows)})
+    assert status == 200, body
+    assert body["model_name"] == MODEL_NAME and body["model_version"] == version and body["id"] == "req-1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probability"]["datatype"] == "FP32" and outputs["probability"]["shape"] == [2]
+    assert outputs["label"]["datatype"] == "INT64" and outputs["label"]["shape"] == [2]
+
+    # the single [N, 6] tensor form (type as its index in [L, M, H]) gives the same answer
+    codes = list(CONTRACT.categoricals["type"])
+    matrix = [[codes.index(r["type"])] + [r[n] for n in CONTRACT.raw_inputs if n != "type"] for r in rows]
+    status, single = call(
+        serving,
+        "POST",
+        f"v2/models/{MODEL_NAME}/versions/{version}/infer",
+        {"inputs": [{"name": "input", "shape": [2, 6], "datatype": "FP32", "data": matrix}]},
+    )
+    assert status == 200, single
+    assert single["outputs"][0]["data"] == pytest.approx(outputs["probability"]["data"])
+    # ... and so does the simple JSON route
+    status, plain = call(serving, "POST", "predict", {"instances": rows})
+    assert [p["probability"] for p in plain["predictions"]] == pytest.approx(outputs["probability"]["data"])
+    assert [p["label"] for p in plain["predictions"]] == outputs["label"]["data"]
+
+
+def _without(row: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != name}
+
+
+BAD_REQUESTS = [
+    ("missing feature", "predict", {"instances": [_without(ROW, "torque_nm")]}, 400, "torque_nm"),
+    ("wrong type", "predict", {"instances": [{**ROW, "torque_nm": "high"}]}, 400, "torque_nm"),
+    ("bool is not a number", "predict", {"instances": [{**ROW, "tool_wear_min": True}]}, 400, "tool_wear_min"),
+    ("NaN", "predict", b'{"instances": [{"type": "M", "air_temperature_k": 298.1, "process_temperature_k": 308.6,'
+     b' "rotational_speed_rpm": 1551, "torque_nm": NaN, "tool_wear_min": 10}]}', 400, "finite"),
+    ("unknown category", "predict", {"instances": [{**ROW, "type": "X"}]}, 400, "'X'"),
+    ("outside the contract", "predict", {"instances": [{**ROW, "torque_nm": 500}]}, 400, "maximum"),
+    ("not JSON", "predict", b"{nope", 400, "JSON"),
+    ("neither key", "predict", {"rows": []}, 400, "entities"),
+    ("empty instances", "predict", {"instances": []}, 400, "empty"),
+    ("entity not an id", "predict", {"entities": ["abc"]}, 400, "entities[0]"),
+    ("unknown model", "v2/models/other-model/infer", {"inputs": []}, 404, "other-model"),
+    ("version not loaded", f"v2/models/{MODEL_NAME}/versions/999999/infer", {"inputs": []}, 404, "999999"),
+    ("missing tensor", INFER, {"inputs": v2_tensors([ROW])[1:]}, 400, "type"),
+    ("unknown tensor", INFER, {"inputs": [*v2_tensors([ROW]), {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}, 400, "'x'"),
+    ("wrong shape", INFER, {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}, 400, "shape"),
+    ("data does not fill shape", INFER, {"inputs": [{"name": "input", "shape": [2, 6], "datatype": "FP32", "data": [1, 298, 308, 1500, 40, 10]}]}, 400, "shape"),
+    ("categorical as FP32", INFER, {"inputs": [{**t, "datatype": "FP32"} if t["name"] == "type" else t for t in v2_tensors([ROW])]}, 400, "BYTES"),
+    ("bad category code", INFER, {"inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": [7, 298, 308, 1500, 40, 10]}]}, 400, "category code"),
+    ("no inputs", INFER, {"id": "x"}, 400, "inputs"),
+]  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("case", "path", "body", "status", "needle"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
+def test_bad_input_is_a_4xx_naming_the_problem(
+    serving: Stack, champion: dict[str, Any], case: str, path: str, body: Any, status: int, needle: str
+) -> None:
+    got, answer = call(serving, "POST", path, body)
+    assert got == status, (case, answer)
+    assert isinstance(answer, dict) and needle in answer["error"], (case, answer)
+
+
+@pytest.mark.integration
+def test_entity_route(serving: Stack, champion: dict[str, Any]) -> None:
+    probe = HTTP.request(
+        "POST",
+        serving.config.function_url("feature-server") + "online",
+        body=json.dumps({"dataset": "ai4i", "entities": [1]}).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=urllib3.Timeout(connect=2, read=150),
+    )
+    if probe.status == 404 and b"no function named" in probe.data:
+        pytest.skip("the feature-server function is not deployed in this stack")
+    unknown = 987_654_321
+    if probe.status == 404:  # deployed, but no dataset materialised yet: predict reports it as 503
+        status, body = call(serving, "POST", "predict", {"entities": [1]})
+        assert status == 503 and "feature server" in body["error"], body
+        pytest.skip(f"the online store has no AI4I features yet ({probe.data[:120]!r}): entity cases skipped")
+    assert probe.status == 200, probe.data
+    status, body = call(serving, "POST", "predict", {"entities": [1, unknown]})
+    assert status == 404 and str(unknown) in body["error"], body
+    if json.loads(probe.data)["rows"][0] is None:
+        pytest.skip("entity 1 is not in the online store: known-entity case skipped")
+    status, body = call(serving, "POST", "predict", {"entities": [1, 2]})
+    assert status == 200, body
+    assert len(body["predictions"]) == 2 and body["model_version"] == champion["current"]["version"]
+    (logged,) = wait_until(
+        lambda: [
+            r
+            for r in recorded(serving, "dev.faaspipe.prediction.logged.v1")
+            if r["data"]["request_id"] == f"{body['request_id']}-0"
+        ],
+        30,
+        what="the logged entity prediction",
+    )
+    assert logged["data"]["entity_id"] == 1
+
+
+def test_no_champion_is_503_with_a_reason() -> None:
+    """Unit level, in the serving venv: a replica without champion answers 503 and says why."""
+    script = """
+import json
+from functions.predict import app as predict
+from functions.predict.champion import ChampionHolder
+from shared.contracts import get_contract
+
+class NoAlias:
+    tracking_uri = "http://mlflow.invalid"
+    def alias_version(self, model_name, alias):
+        return None
+
+contract = get_contract("ai4i")
+holder = ChampionHolder(contract, NoAlias(), None, model_name=contract.model_name)
+holder.refresh()
+predict._serving = predict.Serving(contract, contract.model_name, holder, None, None)
+client = predict.create_app().test_client()
+answers = {
+    "ready": client.get("/v2/health/ready"),
+    "model_ready": client.get(f"/v2/models/{contract.model_name}/ready"),
+    "predict": client.post("/predict", json={"instances": [{"type": "L"}]}),
+    "infer": client.post(f"/v2/models/{contract.model_name}/infer", json={"inputs": []}),
+    "live": client.get("/v2/health/live"),
+}
+print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()}))
+"""
+    result = subprocess.run(
+        [str(REPO / ".venvs" / "serving" / "bin" / "python"), "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answers["live"][0] == 200
+    for name in ("ready", "model_ready", "infer"):
+        status, body = answers[name]
+        assert status == 503, (name, body)
+        assert "no 'champion' alias" in body["error"], (name, body)
+    assert answers["predict"][0] == 400, "a malformed body is the caller's problem, champion or not"
+
+
+# --------------------------------------------------------------------------- hot swap
+
+
+@pytest.mark.integration
+def test_hot_swap_without_failed_requests(serving: Stack, champion: dict[str, Any]) -> None:
+    old, new = champion["current"]["version"], champion["next"]["version"]
+    rows = ai4i_rows()[:200]
+    stop = threading.Event()
+    outcomes: list[tuple[float, int, str]] = []
+    lock = threading.Lock()
+
+    def loop(offset: int) -> None:
+        pool = urllib3.PoolManager(maxsize=1, retries=False, timeout=urllib3.Timeout(connect=2, read=30))
+        i = offset
+        while not stop.is_set():
+            row = {k: rows[i % len(rows)][k] for k in CONTRACT.raw_inputs}
+            i += 1
+            try:
+                resp = pool.request(
+                    "POST",
+                    serving.config.function_url("predict") + "predict",
+                    body=json.dumps({"instances": [row]}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                version = json.loads(resp.data).get("model_version", "") if resp.status == 200 else ""
+                outcome = (time.monotonic(), resp.status, version or resp.data.decode(errors="replace")[:200])
+            except urllib3.exceptions.HTTPError as exc:
+                outcome = (time.monotonic(), 0, str(exc))
+            with lock:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=loop, args=(n * 50,), daemon=True) for n in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(outcomes) > 30, 30, what="the request loop to get going")
+        promoted_at = time.monotonic()
+        promote(serving, new, old)
+        wait_until(
+            lambda: [o for o in outcomes[-10:] if o[2] == new] == outcomes[-10:] and len(outcomes) > 10,
+            60,
+            interval=0.2,
+            what=f"responses from version {new}",
+        )
+        swapped_at = min(t for t, _, v in outcomes if v == new)
+        settled_at = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    failures = [o for o in outcomes if o[1] != 200]
+    assert not failures, f"{len(failures)} of {len(outcomes)} requests failed during the swap: {failures[:5]}"
+    versions = Counter(v for _, _, v in outcomes)
+    assert set(versions) == {old, new}, versions
+    after = Counter(v for t, _, v in outcomes if t > settled_at)
+    assert set(after) == {new}, after
+    print(
+        f"hot swap: {len(outcomes)} requests, none failed; first v{new} answer "
+        f"{swapped_at - promoted_at:.2f}s after the promotion, versions {dict(versions)}"
+    )
