@@ -277,7 +277,8 @@ def test_lag_is_exact_when_producers_batch(stack: Stack) -> None:
         )
 
 
-def test_events_survive_a_restart_with_s3_storage(stack: Stack) -> None:
+def test_events_survive_a_restart_with_s3_storage(durable_stack: Stack) -> None:
+    stack = durable_stack
     event = ping("route/restart")
     assert stack.post_event(event).status == 202
     wait_until(
