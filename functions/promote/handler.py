@@ -1,0 +1,222 @@
+"""Promote: gate a registered model and move the ``champion`` alias (``model.registered`` →
+``model.promoted`` | ``model.rejected``).
+
+Gates, each reported: ``roc_auc`` (holdout ROC-AUC ≥ champion's − tolerance, or ≥ a floor for the
+first model), ``latency`` (single-row p99 of the S3 model.json Booster, nthread=1, within a
+budget) and ``input_schema`` (meta.json features = the contract's encoded features, which the
+serving function sends). The alias moves with compare-and-set (``decision.decide``).
+
+Every decision is an audit record — who, what, why, when: gates, champion before/after — kept
+with the version: the full record at ``layout.audit_record(name, version)`` (models bucket) and a
+short JSON in the version tag ``faaspipe.decision``. The record is written as *pending* before
+the alias moves and *final* after; a redelivered event finds the final record and answers the
+same reply again without deciding twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from events import ModelPromoted, ModelRegistered, ModelRejected, rfc3339
+from functions.promote import gates as artefact_gates
+from functions.promote.decision import Decision, decide, roc_auc_gate
+from functions.promote.registry import CHAMPION, MlflowRegistry
+from shared import layout, modelling
+from shared.cloudevents_io import CloudEvent
+from shared.contracts import Contract, all_contracts, get_contract
+
+log = logging.getLogger("faaspipe.promote")
+
+SOURCE = "/faaspipe/functions/promote"
+DECISION_TAG = "faaspipe.decision"
+_decision_lock = threading.Lock()  # one decision at a time in this (single) replica
+
+
+def _setting(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def init() -> None:
+    import mlflow  # noqa: F401
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+    import xgboost  # noqa: F401
+
+    modelling.warm_up_mlflow()
+
+
+def decided_by() -> str:
+    return f"promote@{socket.gethostname()}/{os.getpid()}"
+
+
+def handle(event: CloudEvent) -> CloudEvent:
+    registered = ModelRegistered.from_event(event)
+    name, version = registered.model_name, registered.version
+    with _decision_lock:
+        record = modelling.get_json(layout.MODELS, layout.audit_record(name, version))
+        if record is not None and record.get("status") == "final":
+            log.info(
+                "%s v%s was decided already (%s at %s); answering again",
+                name,
+                version,
+                record["decision"],
+                record["decided_at"],
+            )
+            return reply_of(record)
+        registry = MlflowRegistry()
+        if record is not None and registry.champion(name) == version:
+            log.info(
+                "%s v%s: pending decision found with the alias already moved; finishing it", name, version
+            )
+            decision = Decision(
+                "promoted",
+                record["gates"],
+                record["champion_before"],
+                version,
+                [*record.get("rounds", []), {"outcome": "finished after a restart"}],
+            )
+        else:
+            decision = _decide(registry, registered, event)
+        record = _audit_record(registered, event, decision, status="final")
+        modelling.put_json(layout.MODELS, layout.audit_record(name, version), record)
+        registry.tag(name, version, DECISION_TAG, _short(record))
+    log.info(
+        "%s v%s %s (champion %s → %s): %s",
+        name,
+        version,
+        decision.outcome,
+        decision.champion_before,
+        decision.champion_after,
+        "; ".join(f"{g['name']}={'pass' if g['passed'] else 'FAIL'}" for g in decision.gates),
+    )
+    return reply_of(record)
+
+
+def _decide(registry: MlflowRegistry, registered: ModelRegistered, event: CloudEvent) -> Decision:
+    name, version = registered.model_name, registered.version
+    meta = modelling.get_json(layout.MODELS, layout.serving_model(name, version, "meta.json"))
+    contract = _serving_contract(name, meta)
+    model_json = modelling.get_bytes_or_none(layout.MODELS, layout.serving_model(name, version, "model.json"))
+    booster = artefact_gates.load_booster(model_json) if model_json else None
+    reference = modelling.get_bytes_or_none(
+        layout.MODELS, layout.serving_model(name, version, "reference.csv")
+    )
+    fixed_gates = [
+        artefact_gates.latency_gate(
+            booster,
+            artefact_gates.example_row(contract, reference),
+            budget_ms=_setting("FAASPIPE_PROMOTE_LATENCY_BUDGET_MS", 5.0),
+            calls=int(_setting("FAASPIPE_PROMOTE_LATENCY_CALLS", 200)),
+        ),
+        artefact_gates.input_schema_gate(
+            meta, contract, booster.num_features() if booster is not None else None
+        ),
+    ]
+    challenger = ((meta or {}).get("metrics") or {}).get("roc_auc", registered.metrics["roc_auc"])
+    tolerance = _setting("FAASPIPE_PROMOTE_TOLERANCE", 0.005)
+    floor = _setting("FAASPIPE_PROMOTE_FLOOR", 0.90)
+
+    def evaluate(champion: str | None) -> list[dict[str, Any]]:
+        champion_auc = registry.roc_auc(name, champion) if champion is not None else None
+        return [
+            roc_auc_gate(float(challenger), champion, champion_auc, tolerance=tolerance, floor=floor),
+            *fixed_gates,
+        ]
+
+    def write_pending(champion: str | None, gates: list[dict[str, Any]]) -> None:
+        if all(g["passed"] for g in gates):
+            pending = Decision("promoted", gates, champion, None)
+            modelling.put_json(
+                layout.MODELS,
+                layout.audit_record(name, version),
+                _audit_record(registered, event, pending, status="pending"),
+            )
+
+    return decide(registry, name, version, evaluate, prepare=write_pending)
+
+
+def _serving_contract(model_name: str, meta: dict[str, Any] | None) -> Contract:
+    """The contract the serving function encodes for this model (declared by its model_name)."""
+    for contract in all_contracts().values():
+        if contract.model_name == model_name:
+            return contract
+    if meta and meta.get("contract"):
+        return get_contract(str(meta["contract"]).split("@")[0])
+    raise modelling.rejection(
+        f"no data contract serves model {model_name!r} and the version has no meta.json"
+    )
+
+
+# --------------------------------------------------------------------------- audit and replies
+
+
+def _audit_record(
+    registered: ModelRegistered, event: CloudEvent, decision: Decision, *, status: str
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "model_name": registered.model_name,
+        "version": registered.version,
+        "decision": decision.outcome,
+        "alias": CHAMPION,
+        "champion_before": decision.champion_before,
+        "champion_after": decision.champion_after,
+        "gates": decision.gates,
+        "reasons": decision.reasons,
+        "rounds": decision.rounds,
+        "decided_by": decided_by(),
+        "decided_at": rfc3339(),
+        "trigger": {"type": event.get_type(), "source": str(event.get_source()), "id": str(event.get_id())},
+        "challenger": {
+            "run_id": registered.run_id,
+            "study_id": registered.study_id,
+            "model_uri": registered.model_uri,
+            "dataset_checksum": registered.dataset_checksum,
+            "feature_view": registered.feature_view,
+            "metrics": dict(registered.metrics),
+        },
+    }
+
+
+def _short(record: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "decision": record["decision"],
+            "champion_before": record["champion_before"],
+            "gates": {g["name"]: g["passed"] for g in record["gates"]},
+            "by": record["decided_by"],
+            "at": record["decided_at"],
+            "audit": f"s3://{layout.MODELS}/{layout.audit_record(record['model_name'], record['version'])}",
+        },
+        separators=(",", ":"),
+    )
+
+
+def reply_of(record: dict[str, Any]) -> CloudEvent:
+    """The decision's event, rebuilt from its audit record (same id on every redelivery)."""
+    name, version = record["model_name"], record["version"]
+    attributes = {"source": SOURCE, "subject": f"{name}/{version}", "id": f"{name}/{version}.decision"}
+    if record["decision"] == "promoted":
+        return ModelPromoted(
+            model_name=name,
+            version=version,
+            alias=record["alias"],
+            previous_version=record["champion_before"] if record["champion_before"] != version else None,
+            gates=record["gates"],
+            decided_by=record["decided_by"],
+            decided_at=record["decided_at"],
+        ).to_event(**attributes)
+    return ModelRejected(
+        model_name=name,
+        version=version,
+        champion_version=record["champion_before"],
+        gates=record["gates"],
+        reasons=record["reasons"] or ["rejected"],
+        decided_by=record["decided_by"],
+        decided_at=record["decided_at"],
+    ).to_event(**attributes)
