@@ -295,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["render"]:  # its own options (--out, --check, --registry) pass through untouched
+        from localdev import render
+
+        raise SystemExit(render.main(argv[1:]))
     args = build_parser().parse_args(argv)
     handlers = {
         "up": cmd_up,
