@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import settings
 from shared.contracts import Contract
+from shared.errors import EventRejected
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,24 +55,9 @@ INTEGER_PARAMS = frozenset({"max_depth", "max_bin", "max_leaves", "num_parallel_
 # --------------------------------------------------------------------------- runtime
 
 
-def rejected_error() -> type[Exception]:
-    """The runtime's ``EventRejected`` (→ 422, dead-lettered without retry).
-
-    The runtime runs as ``python -m shared.runtime``: its class lives in ``__main__``, and
-    importing ``shared.runtime`` again from a handler would load a second copy (a different
-    class the runtime does not catch, and duplicate Prometheus metrics that fail the import).
-    """
-    candidate = getattr(sys.modules.get("__main__"), "EventRejected", None)
-    if isinstance(candidate, type) and issubclass(candidate, Exception):
-        return candidate
-    from shared.runtime import EventRejected
-
-    return EventRejected
-
-
 def rejection(message: str) -> Exception:
     """An ``EventRejected`` to raise: the event can never be processed (no retry)."""
-    return rejected_error()(message)
+    return EventRejected(message)
 
 
 # --------------------------------------------------------------------------- data

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from events import EventDataError, UnknownEventType, validate_event
 from shared import tracing
 from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, parse_http, to_http, with_attributes
+from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.runtime")
 
@@ -46,10 +47,6 @@ LATENCY = Histogram(
     ["function"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-
-
-class EventRejected(ValueError):
-    """Raised by a handler for an event it can never process (no retry, dead-letter at once)."""
 
 
 class Readiness:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -30,28 +29,12 @@ from events import DatasetIngested, FeaturesMaterialised, rfc3339
 from shared import feast_repo, layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import ContractError, all_contracts, get_contract
+from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.materialise")
 
 SOURCE = "/faaspipe/functions/materialise"
 _REPLY_NAMESPACE = uuid.UUID("0d7d7f57-3f0b-4c51-8d7e-2a0f6f3e9b21")
-
-
-def _runtime_event_rejected() -> type[ValueError]:
-    """The running runtime's ``EventRejected`` (422, dead-lettered without retry).
-
-    Under ``python -m shared.runtime`` the runtime is ``__main__``; importing ``shared.runtime``
-    again would load a second copy (a class the runtime does not catch, duplicate metrics).
-    """
-    running = getattr(sys.modules.get("__main__"), "EventRejected", None)
-    if isinstance(running, type) and issubclass(running, ValueError):
-        return running
-    from shared.runtime import EventRejected
-
-    return EventRejected
-
-
-EventRejected = _runtime_event_rejected()
 
 
 def init() -> None:

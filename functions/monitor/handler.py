@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -51,26 +50,10 @@ from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 from shared.emit import emit
+from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.monitor")
 
-
-def _runtime_event_rejected() -> type[ValueError]:
-    """The runtime's ``EventRejected`` class (422, dead-lettered without retry).
-
-    Under ``python -m shared.runtime`` the runtime module is ``__main__``: importing
-    ``shared.runtime`` again would load a second copy (a different class the runtime does not
-    catch, and duplicate Prometheus metrics). Use the running one when there is one.
-    """
-    running = getattr(sys.modules.get("__main__"), "EventRejected", None)
-    if isinstance(running, type) and issubclass(running, ValueError):
-        return running
-    from shared.runtime import EventRejected
-
-    return EventRejected
-
-
-EventRejected = _runtime_event_rejected()
 
 SOURCE = "/faaspipe/functions/monitor"
 LABELS_PREFIX = "labels/"

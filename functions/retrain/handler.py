@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -29,26 +28,10 @@ from events import DriftDetected, ModelPromoted, ModelRejected, RetrainRequested
 from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on_drift
 from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
+from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.retrain")
 
-
-def _runtime_event_rejected() -> type[ValueError]:
-    """The runtime's ``EventRejected`` class (422, dead-lettered without retry).
-
-    Under ``python -m shared.runtime`` the runtime module is ``__main__``: importing
-    ``shared.runtime`` again would load a second copy (a different class the runtime does not
-    catch, and duplicate Prometheus metrics). Use the running one when there is one.
-    """
-    running = getattr(sys.modules.get("__main__"), "EventRejected", None)
-    if isinstance(running, type) and issubclass(running, ValueError):
-        return running
-    from shared.runtime import EventRejected
-
-    return EventRejected
-
-
-EventRejected = _runtime_event_rejected()
 
 NAME = "retrain-controller"
 SOURCE = f"/faaspipe/functions/{NAME}"

@@ -22,6 +22,7 @@ from events import TrialFinished, TrialRequested
 from shared import layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import get_contract
+from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.trial")
 
@@ -59,7 +60,7 @@ def handle(event: CloudEvent) -> CloudEvent:
     request = TrialRequested.from_event(event)
     try:
         data = study_data(request.study_id)
-    except modelling.rejected_error():
+    except EventRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - the study goes on without this trial
         log.exception(
