@@ -349,7 +349,7 @@ def bench_kafka(
     return {
         "path": f"kafka-python producer ({how}, linger_ms=1, acks=all) → group consumer in a thread",
         "topic": topic,
-        "consumer": "kafka-python defaults (fetch_max_wait_ms=500) like the trigger dispatcher, no commits",
+        "consumer": "kafka-python defaults (fetch_max_wait_ms=500; the dispatcher uses 20), no commits",
         "expected": events,
         "delivered": len(latencies),
         "produce_rate_eps": rate(events, last_ack - first_send),
