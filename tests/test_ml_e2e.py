@@ -126,10 +126,16 @@ def test_file_drop_to_champion_then_drift_triggers_a_retrain(stack: Stack, tmp_p
 
     # a champion serves predictions through both routes
     predict = stack.config.function_url("predict")
+    promoted = decision.get_type() == "dev.faaspipe.model.promoted.v1"
+
+    def serving() -> bool:  # hot swap is asynchronous: wait for the promoted version (or any champion)
+        resp = HTTP.request("GET", f"{predict}v2/models/{MODEL}")
+        if resp.status != 200:
+            return False
+        return not promoted or json.loads(resp.data).get("versions", [None])[0] == str(reg_version)
+
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if HTTP.request("GET", f"{predict}v2/models/{MODEL}/ready").status == 200:
-            break
+    while time.monotonic() < deadline and not serving():
         time.sleep(1)
     raw = {
         "type": "L",
@@ -143,7 +149,7 @@ def test_file_drop_to_champion_then_drift_triggers_a_retrain(stack: Stack, tmp_p
     assert resp.status == 200, resp.data
     answer = json.loads(resp.data)
     assert 0.0 <= answer["predictions"][0]["probability"] <= 1.0
-    if decision.get_type() == "dev.faaspipe.model.promoted.v1":
+    if promoted:
         assert answer["model_version"] == str(reg_version)
     meta = json.loads(HTTP.request("GET", f"{predict}v2/models/{MODEL}").data)
     names = [i["name"] for i in meta["inputs"]]
