@@ -1,4 +1,8 @@
-"""Test subscriber: keeps every delivery in memory, with the trigger that made it."""
+"""Test subscriber: keeps every delivery in memory, with the trigger that made it.
+
+``GET /records`` lists them; ``?trigger=`` and ``?subject=`` filter. Several test function
+folders (recorder, chain_recorder, ml_recorder, …) serve this same app with their own triggers.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,14 @@ def create_app() -> Flask:
 
     @app.get("/records")
     def list_records():  # type: ignore[no-untyped-def]
+        trigger, subject = request.args.get("trigger"), request.args.get("subject")
         with lock:
-            return jsonify(records)
+            rows = [
+                r
+                for r in records
+                if (trigger is None or r["trigger"] == trigger)
+                and (subject is None or r.get("subject") == subject)
+            ]
+        return jsonify(rows)
 
     return app
