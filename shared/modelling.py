@@ -333,12 +333,7 @@ def s3() -> Minio:
 
 
 def get_bytes(bucket: str, key: str) -> bytes:
-    response = s3().get_object(bucket, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    return settings.read_object(bucket, key, s3())
 
 
 def get_bytes_or_none(bucket: str, key: str) -> bytes | None:

@@ -33,3 +33,13 @@ def s3_client() -> Minio:
         secure=endpoint.scheme == "https",
         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
+
+
+def read_object(bucket: str, key: str, client: Minio | None = None) -> bytes:
+    """An object's whole content; the connection goes back to the pool."""
+    response = (client or s3_client()).get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()

@@ -151,12 +151,7 @@ def _exists(bucket: str, key: str) -> bool:
 
 
 def _get_bytes(bucket: str, key: str) -> bytes:
-    response = s3().get_object(bucket, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    return settings.read_object(bucket, key, s3())
 
 
 def _put(bucket: str, key: str, data: bytes, content_type: str) -> None:
