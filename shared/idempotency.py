@@ -14,13 +14,18 @@ Backends (pick with :func:`open_store`):
   several machines (claim = one Lua script around ``SET NX PX``).
 
 A lease that expires (the worker crashed or hung) lets the next claim take the key over.
-``release`` only drops a claim still held by the same store object, so a slow worker
-cannot wipe the claim of the worker that took its key over.
+:func:`run_once` keeps its lease short (``FAASPIPE_IDEMPOTENCY_LEASE_S``, default 5 s) and
+renews it from a heartbeat thread while the handler runs, so a long handler keeps its claim
+and a killed worker's claim lapses within seconds: the broker's retries of that event then
+run it instead of meeting "in progress" until they are dead-lettered.
+``release`` and ``renew`` only touch a claim still held by the same store object, so a slow
+worker cannot wipe or extend the claim of the worker that took its key over.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -42,10 +47,12 @@ __all__ = [
     "run_once",
 ]
 
+_log = logging.getLogger("faaspipe.idempotency")
 ClaimState = Literal["new", "done", "in_progress"]
 R = TypeVar("R")
 
 DEFAULT_RETENTION_DAYS = 7.0
+DEFAULT_LEASE_S = float(os.environ.get("FAASPIPE_IDEMPOTENCY_LEASE_S", "5"))
 _DAY_S = 86400.0
 
 
@@ -69,6 +76,10 @@ class IdempotencyStore(Protocol):
 
     def release(self, key: str) -> None:
         """Drop our in-progress claim (handler failed) so a retry may run it again."""
+        ...
+
+    def renew(self, key: str, lease_s: float) -> bool:
+        """Extend our in-progress claim to ``lease_s`` from now; False if it is no longer ours."""
         ...
 
     def close(self) -> None: ...
@@ -100,29 +111,57 @@ def run_once(
     *,
     encode_reply: Callable[[R], bytes],
     decode_reply: Callable[[bytes], R],
-    lease_s: float = 60.0,
+    lease_s: float | None = None,
 ) -> R | None:
     """Run ``handler(event)`` at most once per event key (while the store remembers it).
 
     * done        -> the stored reply, decoded (``None`` if there was none); handler not called.
     * in_progress -> raises :class:`DuplicateInFlight`.
-    * new         -> calls the handler; on success stores ``encode_reply(reply)`` (``None``
-      for a ``None`` reply) and returns the reply; on exception releases the key and
-      re-raises, so a redelivery runs it again.
+    * new         -> calls the handler, renewing the claim's lease (``lease_s``, default
+      ``DEFAULT_LEASE_S``) every quarter lease meanwhile; on success stores
+      ``encode_reply(reply)`` (``None`` for a ``None`` reply) and returns the reply; on
+      exception releases the key and re-raises, so a redelivery runs it again.
     """
+    lease = DEFAULT_LEASE_S if lease_s is None else lease_s
     key = event_key(event)
-    claim = store.claim(key, lease_s)
+    claim = store.claim(key, lease)
     if claim.state == "done":
         return None if claim.reply is None else decode_reply(claim.reply)
     if claim.state == "in_progress":
         raise DuplicateInFlight(f"event {key!r} is already being processed")
+    beat = _Heartbeat(store, key, lease)
     try:
         reply = handler(event)
     except BaseException:
+        beat.stop()
         store.release(key)
         raise
+    beat.stop()
     store.complete(key, None if reply is None else encode_reply(reply))
     return reply
+
+
+class _Heartbeat:
+    """Renews one claim's lease every quarter lease until stopped (or the claim is lost)."""
+
+    def __init__(self, store: IdempotencyStore, key: str, lease_s: float) -> None:
+        self.store, self.key, self.lease_s = store, key, lease_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="idempotency-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.lease_s / 4):
+            try:
+                if not self.store.renew(self.key, self.lease_s):
+                    _log.warning("lost the claim on %s (lease expired); a retry may run it too", self.key)
+                    return
+            except Exception:  # noqa: BLE001 - a failed renewal is retried next beat
+                _log.exception("renewing the claim on %s failed", self.key)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=self.lease_s)
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -265,6 +304,20 @@ class SQLiteIdempotencyStore:
             )
 
     @_serialised
+    def renew(self, key: str, lease_s: float) -> bool:
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is None:
+            return False
+        now = time.time()
+        cur = self._conn().execute(
+            "UPDATE idempotency SET lease_until = ?, updated = ?"
+            " WHERE key = ? AND state = 'in_progress' AND token = ?",
+            (now + lease_s, now, key, token),
+        )
+        return cur.rowcount == 1
+
+    @_serialised
     def prune(self, older_than_s: float) -> int:
         """Delete rows (done or abandoned) last updated more than ``older_than_s`` ago."""
         now = time.time()
@@ -317,6 +370,13 @@ end
 return 0
 """
 
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 
 class RedisIdempotencyStore:
     """Idempotency keys in Redis, shared by replicas on any number of hosts.
@@ -340,6 +400,7 @@ class RedisIdempotencyStore:
         self._redis = client if client is not None else redis.Redis.from_url(url)
         self._claim = self._redis.register_script(_CLAIM_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
+        self._renew = self._redis.register_script(_RENEW_LUA)
         self._lock = threading.Lock()
         self._tokens: dict[str, bytes] = {}
 
@@ -368,6 +429,14 @@ class RedisIdempotencyStore:
             token = self._tokens.pop(key, None)
         if token is not None:
             self._release(keys=[self.prefix + key], args=[token])
+
+    def renew(self, key: str, lease_s: float) -> bool:
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is None:
+            return False
+        lease_ms = max(1, int(lease_s * 1000))
+        return int(self._renew(keys=[self.prefix + key], args=[token, lease_ms])) == 1
 
     def close(self) -> None:
         self._redis.close()
@@ -426,6 +495,9 @@ class NamespacedStore:
 
     def release(self, key: str) -> None:
         self.store.release(self.prefix + key)
+
+    def renew(self, key: str, lease_s: float) -> bool:
+        return self.store.renew(self.prefix + key, lease_s)
 
     def close(self) -> None:
         self.store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -274,3 +275,52 @@ def test_namespaces_keep_subscribers_apart(tmp_path) -> None:  # type: ignore[no
     assert slow.claim("k").state == "new"
     assert sample.claim("k").state == "done"
     shared_store.close()
+
+
+def test_renew_extends_only_our_own_live_claim(store_url: str) -> None:
+    first, second = open_store(store_url), open_store(store_url)
+    try:
+        assert first.claim("r", lease_s=0.3).state == "new"
+        for _ in range(4):  # 0.6 s in all: alive only because it is renewed
+            time.sleep(0.15)
+            assert first.renew("r", 0.3)
+        assert second.claim("r", lease_s=30).state == "in_progress"
+        assert not second.renew("r", 30), "a claim that is not ours cannot be extended"
+        time.sleep(0.45)  # no more renewals: the lease lapses and the key is taken over
+        assert second.claim("r", lease_s=30).state == "new"
+        assert not first.renew("r", 30), "the old holder lost it and must not extend the new claim"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_run_once_keeps_a_long_handler_claimed_and_a_dead_one_lapses(store_url: str) -> None:
+    """The lease is short, but a handler running longer than it keeps its claim (heartbeat);
+    a worker that dies mid-handler stops renewing, so a retry can run the event soon."""
+    worker, other = open_store(store_url), open_store(store_url)
+    event = _event("long-1")
+    seen: list[str] = []
+
+    def long_handler(ev: CloudEvent) -> dict:  # type: ignore[type-arg]
+        time.sleep(0.8)  # four leases long
+        seen.append("ran")
+        return {"ok": True}
+
+    try:
+        runner = threading.Thread(target=lambda: _json_run(worker, event, long_handler, lease_s=0.2))
+        runner.start()
+        time.sleep(0.5)
+        with pytest.raises(DuplicateInFlight):  # still claimed after 2.5 leases
+            _json_run(other, event, long_handler, lease_s=0.2)
+        runner.join(5)
+        assert seen == ["ran"]
+        assert _json_run(other, event, long_handler, lease_s=0.2) == {"ok": True}  # the stored reply
+        assert seen == ["ran"]
+
+        crashed = _event("crash-1")
+        assert worker.claim(event_key(crashed), lease_s=0.2).state == "new"  # then the worker dies
+        time.sleep(0.35)
+        assert _json_run(other, crashed, lambda ev: {"retried": True}, lease_s=0.2) == {"retried": True}
+    finally:
+        worker.close()
+        other.close()
