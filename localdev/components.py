@@ -184,6 +184,8 @@ def function_replica(config: StackConfig, fn: Function, index: int, port: int) -
         fn.kind,
         "--port",
         str(port),
+        "--concurrency",  # on Knative the queue-proxy enforces containerConcurrency
+        str(fn.concurrency),
     ]
     env = {**config.function_env(), **fn.env, "FAASPIPE_FUNCTION": fn.name}
     if not fn.idempotent:

@@ -17,6 +17,7 @@ Contract (Knative Serving / Eventing):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -178,29 +179,48 @@ def load_app(name: str, module: ModuleType, kind: str) -> tuple[Flask, Readiness
     return app, readiness
 
 
-class _InFlight:
-    """WSGI middleware counting requests in progress, so a stopping replica can drain them."""
+PLATFORM_PATHS = ("/health/", "/metrics")
 
-    def __init__(self, wsgi_app: Callable) -> None:  # type: ignore[type-arg]
+
+class _InFlight:
+    """WSGI middleware counting requests in progress, so a stopping replica can drain them.
+
+    With a ``limit`` it also enforces the function's ``concurrency`` as Knative's queue-proxy
+    enforces ``containerConcurrency``: at most ``limit`` requests reach the handler at once,
+    the others wait their turn (the caller's timeout bounds the wait). Health and metrics
+    routes are never queued.
+    """
+
+    def __init__(self, wsgi_app: Callable, limit: int = 0) -> None:  # type: ignore[type-arg]
         self.wsgi_app = wsgi_app
         self.count = 0
         self.lock = threading.Lock()
+        self.slots: contextlib.AbstractContextManager[object] = (
+            threading.BoundedSemaphore(limit) if limit > 0 else contextlib.nullcontext()
+        )
 
     def __call__(self, environ: dict, start_response: Callable):  # type: ignore[no-untyped-def,type-arg]
+        if environ.get("PATH_INFO", "").startswith(PLATFORM_PATHS):
+            yield from self.wsgi_app(environ, start_response)
+            return
         with self.lock:
             self.count += 1
         try:
-            yield from self.wsgi_app(environ, start_response)
+            with self.slots:
+                yield from self.wsgi_app(environ, start_response)
         finally:
             with self.lock:
                 self.count -= 1
 
 
-def serve(app: Flask, host: str, port: int, drain_timeout_s: float = 120.0) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (graceful scale-down)."""
+def serve(app: Flask, host: str, port: int, drain_timeout_s: float = 120.0, concurrency: int = 0) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (graceful scale-down).
+
+    ``concurrency`` > 0 caps the requests handled at once (queue-proxy semantics); 0 = no cap.
+    """
     from werkzeug.serving import make_server
 
-    in_flight = _InFlight(app.wsgi_app)
+    in_flight = _InFlight(app.wsgi_app, concurrency)
     app.wsgi_app = in_flight  # type: ignore[method-assign]
     server = make_server(host, port, app, threaded=True)
 
@@ -227,6 +247,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=["event", "http", "source"], default="event")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="requests handled at once, the rest wait (Knative's containerConcurrency; 0 = no cap). "
+        "On Knative the queue-proxy enforces it, so the manifests leave it at 0.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("FAASPIPE_LOG_LEVEL", "INFO"),
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app, _ = load_app(args.name, importlib.import_module(args.module), args.kind)
-    serve(app, args.host, args.port)
+    serve(app, args.host, args.port, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""The function runtime's queue-proxy behaviour (pure WSGI, no server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from shared.runtime import _InFlight
+
+
+def test_concurrency_limit_queues_requests_like_the_queue_proxy() -> None:
+    """``--concurrency N``: at most N requests in the handler at once, the others wait for a
+    slot and then run; health routes never wait behind them."""
+    gate = threading.Event()
+    inside, peak, lock = 0, 0, threading.Lock()
+
+    def app(environ: dict, start_response: object) -> Iterator[bytes]:  # type: ignore[type-arg]
+        nonlocal inside, peak
+        if environ["PATH_INFO"].startswith("/health/"):
+            yield b"alive"
+            return
+        with lock:
+            inside += 1
+            peak = max(peak, inside)
+        gate.wait(10)
+        with lock:
+            inside -= 1
+        yield b"ok"
+
+    limited = _InFlight(app, limit=2)
+    answers: list[bytes] = []
+
+    def call(path: str) -> None:
+        answers.extend(limited({"PATH_INFO": path}, None))
+
+    requests = [threading.Thread(target=call, args=("/",)) for _ in range(5)]
+    for t in requests:
+        t.start()
+    deadline = time.monotonic() + 5
+    while (inside < 2 or limited.count < 5) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (inside, limited.count) == (2, 5), "two in the handler, three waiting"
+    probe = threading.Thread(target=call, args=("/health/liveness",))
+    probe.start()
+    probe.join(5)
+    assert not probe.is_alive() and answers == [b"alive"], "the health probe waited in the queue"
+    gate.set()
+    for t in requests:
+        t.join(10)
+    assert answers.count(b"ok") == 5 and peak == 2
+    assert limited.count == 0
+
+
+def test_no_limit_still_counts_in_flight_requests_for_the_drain() -> None:
+    seen: list[int] = []
+    unlimited = _InFlight(lambda environ, start: iter([b"ok"]), limit=0)
+
+    def app(environ: dict, start_response: object) -> Iterator[bytes]:  # type: ignore[type-arg]
+        seen.append(unlimited.count)
+        yield b"ok"
+
+    unlimited.wsgi_app = app
+    assert list(unlimited({"PATH_INFO": "/"}, None)) == [b"ok"]
+    assert seen == [1] and unlimited.count == 0
