@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import urllib3
@@ -38,7 +38,8 @@ Demand = Callable[[str], None]  # called when a request finds no ready replica
 
 
 class Concurrency:
-    """In-flight requests of one function, sampled into stable (60 s) and panic (6 s) windows."""
+    """In-flight requests of one function, sampled into the KPA's stable and panic windows
+    (Knative's defaults 60 s and 6 s; per function from the topology's ``stableWindow``)."""
 
     def __init__(self, stable_s: float = 60.0, panic_s: float = 6.0) -> None:
         self.in_flight = 0
@@ -80,13 +81,17 @@ class Gateway:
         hold_s: float = 120.0,
         max_held: int = 256,
         timeout_s: float = 900.0,
+        windows: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
+        """``windows``: function → (stable, panic) KPA window in seconds; others get the defaults."""
         self.port = port
         self.resolve = resolve
         self.demand = demand
         self.hold_s = hold_s
         self.max_held = max_held
         self.stats: dict[str, Concurrency] = collections.defaultdict(Concurrency)
+        for function, (stable_s, panic_s) in (windows or {}).items():
+            self.stats[function] = Concurrency(stable_s, panic_s)
         self.cold_starts: list[tuple[str, float]] = []  # (function, seconds a request was held)
         self.http = urllib3.PoolManager(
             maxsize=64, retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout_s)

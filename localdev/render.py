@@ -207,6 +207,8 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
         "autoscaling.knative.dev/target": str(s.concurrency_target),
         "autoscaling.knative.dev/min-scale": str(s.min_replicas),
         "autoscaling.knative.dev/max-scale": str(s.max_replicas),
+        # The stable window: the last replica goes after a whole window without requests.
+        "autoscaling.knative.dev/window": _seconds(float(s.stable_window_s or 60.0)),
         # Only used when min-scale is 0: how long the last replica stays after going idle.
         "autoscaling.knative.dev/scale-to-zero-pod-retention-period": _seconds(s.cooldown_period_s),
     }
@@ -757,7 +759,9 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
   --kind K --port 8080`, with `containerConcurrency` = `concurrency` and the KPA
   (`autoscaling.knative.dev/class: kpa.autoscaling.knative.dev`, metric concurrency) scaling
   between `minReplicaCount` and `maxReplicaCount` with `concurrencyTarget` as target;
-  `cooldownPeriod` becomes the scale-to-zero retention period. The revision timeout is the
+  `stableWindow` becomes `autoscaling.knative.dev/window` (default 60 s for http functions,
+  the `cooldownPeriod` within 6-60 s for event functions) and `cooldownPeriod` the
+  scale-to-zero retention period, so an idle function leaves after about the longer of the two. The revision timeout is the
   longest trigger timeout, at least 300 s (above 600 s, raise Knative's
   `max-revision-timeout-seconds` in `config-defaults`). Readiness and liveness probe
   `/health/readiness` and `/health/liveness`. Event functions and sources are cluster-local

@@ -68,7 +68,15 @@ class Supervisor:
         }
         self.stopping = threading.Event()
         self.lock = threading.RLock()
-        self.gateway = Gateway(config.ports["gateway"], self._ready_replicas, demand=self._on_demand)
+        self.gateway = Gateway(
+            config.ports["gateway"],
+            self._ready_replicas,
+            demand=self._on_demand,
+            windows={
+                name: (float(fn.scaling.stable_window_s or 60.0), fn.scaling.panic_window_s)
+                for name, fn in self.topology.functions.items()
+            },
+        )
         self.autoscaler: Autoscaler | None = None
 
     # --- start-up --------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ class Trigger:
         return f"faaspipe.trigger.{self.name}"
 
 
+KPA_DEFAULT_WINDOW_S = 60.0
+KPA_WINDOW_RANGE_S = (6.0, 3600.0)
+
+
 @dataclass(frozen=True)
 class Scaling:
     """KEDA / Knative scaling bounds for a function."""
@@ -79,6 +83,15 @@ class Scaling:
     polling_interval_s: float = 1.0
     concurrency_target: int = 10
     scale_down_stabilization_s: float = 30.0
+    # Knative KPA stable window (``autoscaling.knative.dev/window``, 6 s..1 h): request
+    # concurrency is averaged over it, and the last replica goes only after a whole window
+    # without requests. None until load_function resolves the kind's default.
+    stable_window_s: float | None = None
+
+    @property
+    def panic_window_s(self) -> float:
+        """Knative's default panic window: 10 % of the stable window (at least 1 s)."""
+        return max(1.0, 0.1 * (self.stable_window_s or KPA_DEFAULT_WINDOW_S))
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,11 @@ def _delivery(doc: dict[str, Any], where: str) -> Delivery:
     return delivery
 
 
-def _scaling(doc: dict[str, Any], where: str) -> Scaling:
+def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
+    """The ``scaling`` block. ``stableWindow`` defaults to Knative's 60 s for http functions;
+    for event functions, whose traffic is the dispatcher's pushes, it defaults to the
+    ``cooldownPeriod`` (within 6-60 s), so they return to zero after the KEDA cooldown rather
+    than after a minute of KPA window."""
     names = {
         "minReplicaCount": "min_replicas",
         "maxReplicaCount": "max_replicas",
@@ -143,11 +160,23 @@ def _scaling(doc: dict[str, Any], where: str) -> Scaling:
         "pollingInterval": "polling_interval_s",
         "concurrencyTarget": "concurrency_target",
         "scaleDownStabilization": "scale_down_stabilization_s",
+        "stableWindow": "stable_window_s",
     }
     unknown = set(doc) - set(names)
     if unknown:
         raise TopologyError(f"{where}.scaling: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
     scaling = Scaling(**{names[k]: v for k, v in doc.items()})
+    if scaling.stable_window_s is None:
+        window = KPA_DEFAULT_WINDOW_S
+        if kind != "http":
+            window = min(KPA_DEFAULT_WINDOW_S, max(KPA_WINDOW_RANGE_S[0], scaling.cooldown_period_s))
+        scaling = replace(scaling, stable_window_s=window)
+    low, high = KPA_WINDOW_RANGE_S
+    if not low <= float(scaling.stable_window_s) <= high:  # type: ignore[arg-type]
+        raise TopologyError(
+            f"{where}.scaling.stableWindow must be between {low:.0f} and {high:.0f} seconds "
+            f"(Knative's range), got {scaling.stable_window_s}"
+        )
     if not 0 <= scaling.min_replicas <= scaling.max_replicas or scaling.max_replicas < 1:
         raise TopologyError(f"{where}.scaling: need 0 <= minReplicaCount <= maxReplicaCount, max >= 1")
     return scaling
@@ -186,7 +215,7 @@ def load_function(path: Path) -> Function:
         directory=path.parent,
         idempotent=bool(doc.get("idempotent", kind == "event")),
         concurrency=int(doc.get("concurrency", 8)),
-        scaling=_scaling(doc.get("scaling", {}) or {}, where),
+        scaling=_scaling(doc.get("scaling", {}) or {}, where, kind),
         triggers=tuple(triggers),
         env={str(k): str(v) for k, v in (doc.get("env", {}) or {}).items()},
     )

@@ -88,3 +88,25 @@ def test_bad_function_yaml_names_the_field(tmp_path: Path) -> None:
     path.write_text("name: x\nmodule: m\nscaling: {minReplicaCount: 3, maxReplicaCount: 1}\n")
     with pytest.raises(TopologyError, match="minReplicaCount"):
         load_function(path)
+    path.write_text("name: x\nmodule: m\nscaling: {stableWindow: 2}\n")
+    with pytest.raises(TopologyError, match="stableWindow must be between 6 and 3600"):
+        load_function(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "scaling", "window"),
+    [
+        ("http", "{}", 60.0),  # Knative's default
+        ("http", "{cooldownPeriod: 10}", 60.0),
+        ("event", "{cooldownPeriod: 10}", 10.0),  # an event function leaves after its KEDA cooldown
+        ("event", "{cooldownPeriod: 2}", 6.0),  # ... within Knative's range
+        ("event", "{cooldownPeriod: 300}", 60.0),
+        ("event", "{cooldownPeriod: 300, stableWindow: 120}", 120.0),
+    ],
+)
+def test_stable_window_defaults_by_kind(tmp_path: Path, kind: str, scaling: str, window: float) -> None:
+    path = tmp_path / "function.yaml"
+    path.write_text(f"name: x\nmodule: m\nkind: {kind}\nscaling: {scaling}\n")
+    policy = load_function(path).scaling
+    assert policy.stable_window_s == window
+    assert policy.panic_window_s == max(1.0, window / 10)
