@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -425,3 +426,42 @@ def test_hot_swap_without_failed_requests(serving: Stack, champion: dict[str, An
         f"hot swap: {len(outcomes)} requests, none failed; first v{new} answer "
         f"{swapped_at - promoted_at:.2f}s after the promotion, versions {dict(versions)}"
     )
+
+
+# --------------------------------------------------------------------------- scale to zero
+
+
+@pytest.mark.integration
+def test_idle_predict_scales_to_zero_and_serves_its_cold_start_without_errors(
+    serving: Stack, champion: dict[str, Any]
+) -> None:
+    """minReplicaCount 0: after its stable window without requests predict has no process; the
+    requests that then arrive together are held by the activator until a fresh replica has
+    loaded the champion, and every one of them gets a prediction."""
+
+    def predict_status() -> dict[str, Any]:
+        return json.loads(serving.cli("status", "--json").stdout)["functions"]["predict"]
+
+    assert predict_status()["min_replicas"] == 0
+    wait_until(lambda: not predict_status()["replicas"], 240, what="predict scaled to zero when idle")
+    row = {k: ai4i_rows()[0][k] for k in CONTRACT.raw_inputs}
+    body = json.dumps({"instances": [row]}).encode()
+
+    def ask(_: int) -> tuple[int, str]:
+        resp = HTTP.request(
+            "POST",
+            serving.config.function_url("predict") + "predict",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
+        return resp.status, json.loads(resp.data).get(
+            "model_version", ""
+        ) if resp.status == 200 else resp.data
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert [status for status, _ in answers] == [200] * 6, answers
+    assert len({version for _, version in answers}) == 1, f"one champion answers them all: {answers}"
+    scaling = predict_status()["scaling"]
+    assert scaling["last_cold_start_s"] is not None, scaling
+    print(f"predict cold start (request held by the activator): {scaling['last_cold_start_s']}s")
