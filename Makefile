@@ -63,6 +63,7 @@ format: .venv/.synced
 bench: envs
 	$(PY) -m bench.broker_throughput
 	$(PY) -m bench.ml_serving
+	$(PY) -m bench.autoscale
 
 lock: $(UV)
 	$(UV) lock

@@ -1,0 +1,1 @@
+"""Functions deployed only by the autoscaling benchmark (``bench/autoscale.py``)."""
