@@ -325,12 +325,7 @@ def read_offline(contract: Contract, version: str, columns: Sequence[str] | None
     """A dataset version's offline rows (all columns, or ``columns``)."""
     import pandas as pd
 
-    response = settings.s3_client().get_object(layout.FEATURES, layout.offline_data(contract.name, version))
-    try:
-        data = response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    data = settings.read_object(layout.FEATURES, layout.offline_data(contract.name, version))
     return pd.read_parquet(io.BytesIO(data), columns=list(columns) if columns else None)
 
 

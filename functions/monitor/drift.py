@@ -24,6 +24,7 @@ from minio import Minio
 
 from shared import layout
 from shared.contracts import Contract
+from shared.settings import read_object
 
 log = logging.getLogger("faaspipe.monitor.drift")
 
@@ -137,12 +138,7 @@ class ReferenceCache:
                 self._detectors.move_to_end(key)
                 return self._detectors[key]
             object_key = layout.serving_model(model_name, version, "reference.csv")
-            resp = self.s3.get_object(layout.MODELS, object_key)
-            try:
-                data = resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
+            data = read_object(layout.MODELS, object_key, self.s3)
             detector = FeatureDriftDetector(
                 self.contract, read_reference_csv(data, self.contract), self.p_val
             )

@@ -213,24 +213,15 @@ class Monitor:
     def _model_meta(self, model_name: str, version: str) -> dict[str, Any]:
         key = (model_name, version)
         if key not in self._meta:
-            resp = self.s3.get_object(layout.MODELS, layout.serving_model(model_name, version, "meta.json"))
-            try:
-                self._meta[key] = json.loads(resp.read())
-            finally:
-                resp.close()
-                resp.release_conn()
+            meta_key = layout.serving_model(model_name, version, "meta.json")
+            self._meta[key] = json.loads(settings.read_object(layout.MODELS, meta_key, self.s3))
         return self._meta[key]
 
     def on_labels(self, event: CloudEvent) -> CloudEvent | None:
         created = ObjectCreated.from_event(event)
         if created.bucket != layout.LANDING or not created.key.startswith(LABELS_PREFIX):
             return None
-        resp = self.s3.get_object(created.bucket, created.key)
-        try:
-            data = resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        data = settings.read_object(created.bucket, created.key, self.s3)
         try:
             labels, skipped = parse_labels_csv(data)
         except (LabelsFileError, UnicodeDecodeError) as exc:

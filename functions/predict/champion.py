@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from shared import layout
 from shared.contracts import Contract
+from shared.settings import read_object
 
 log = logging.getLogger("faaspipe.predict.champion")
 
@@ -88,16 +89,11 @@ class LoadedModel:
 
 def _get_object(s3: Minio, key: str) -> bytes:
     try:
-        resp = s3.get_object(layout.MODELS, key)
+        return read_object(layout.MODELS, key, s3)
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchBucket"):
             raise ArtefactError(f"serving artefact s3://{layout.MODELS}/{key} does not exist") from exc
         raise
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
 
 
 def load_model(s3: Minio, contract: Contract, model_name: str, version: str) -> LoadedModel:

@@ -46,16 +46,12 @@ class StateStore:
 
     def load(self, model_name: str) -> RetrainState:
         try:
-            resp = self.s3.get_object(layout.MODELS, layout.retrain_state(model_name))
+            raw = settings.read_object(layout.MODELS, layout.retrain_state(model_name), self.s3)
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 return RetrainState(model_name)
             raise
-        try:
-            return RetrainState.from_dict(json.loads(resp.read()))
-        finally:
-            resp.close()
-            resp.release_conn()
+        return RetrainState.from_dict(json.loads(raw))
 
     def save(self, state: RetrainState) -> None:
         body = json.dumps(state.to_dict(), indent=2).encode()
