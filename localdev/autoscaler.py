@@ -37,6 +37,8 @@ class FunctionScaling:
     desired: int = 0
     last_event: str = ""
     last_event_at: float | None = None
+    reason: str = ""  # why the latest poll wants ``desired`` (also when nothing changed)
+    last_error: str = ""
 
 
 class LagReader:
@@ -121,8 +123,10 @@ class Autoscaler(threading.Thread):
                 fs.next_poll = now + fs.function.scaling.polling_interval_s
                 try:
                     self._decide(fs, partitions, now)
-                except Exception:  # noqa: BLE001 - a failed poll must not stop autoscaling
+                    fs.last_error = ""
+                except Exception as exc:  # noqa: BLE001 - a failed poll must not stop autoscaling
                     log.exception("autoscaling %s failed", fs.function.name)
+                    fs.last_error = f"{type(exc).__name__}: {exc}"
         self.lag_reader.close()
 
     def _decide(self, fs: FunctionScaling, partitions: int, now: float) -> None:
@@ -145,7 +149,7 @@ class Autoscaler(threading.Thread):
         stable, panic = stats.averages(now)
         candidates.append(kpa_desired(stable, panic, stats.idle_seconds(now), current, policy, fs.kpa, now))
         desired, reason = max(candidates, key=lambda c: c[0])
-        fs.desired = desired
+        fs.desired, fs.reason = desired, reason
         if desired != current:
             fs.last_event = f"{current} -> {desired}: {reason}"
             fs.last_event_at = time.time()
@@ -161,6 +165,8 @@ class Autoscaler(threading.Thread):
             "lag": fs.lag,
             "in_flight": stats.in_flight,
             "held": stats.held,
+            "decision": fs.reason,
+            "poll_error": fs.last_error or None,
             "last_scale_event": fs.last_event,
             "last_scale_event_at": fs.last_event_at,
             "last_cold_start_s": round(cold[-1], 3) if cold else None,

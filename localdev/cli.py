@@ -70,6 +70,10 @@ def _print_status(status: dict) -> None:  # type: ignore[type-arg]
         )
         if fn["triggers"]:
             print(f"     triggers: {', '.join(fn['triggers'])}")
+        if scaling.get("decision"):
+            print(f"     autoscaler: {scaling['decision']}")
+        if scaling.get("poll_error"):
+            print(f"     autoscaler error: {scaling['poll_error']}")
         if scaling.get("last_scale_event"):
             print(f"     last scale: {scaling['last_scale_event']}")
 
