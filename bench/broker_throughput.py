@@ -160,7 +160,7 @@ def bench_stack(storage: str, port_base: int, function_dirs: str | None = None) 
         ok = True
     finally:
         cli("down")
-        if ok:
+        if ok and not os.environ.get("FAASPIPE_BENCH_KEEP_STATE"):
             shutil.rmtree(state_dir, ignore_errors=True)
         else:
             print(f"stack state kept for inspection: {state_dir}", file=sys.stderr)

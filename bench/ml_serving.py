@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,12 +38,37 @@ ROW = {
 }
 
 
-def time_requests(method: str, url: str, body: bytes, headers: dict[str, str], n: int) -> dict[str, Any]:
+def dataset_rows(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``count`` random rows of the file the chain trained on, as raw model inputs.
+
+    A realistic request stream: one row repeated would be a drifted stream, and the monitor
+    would rightly answer it with a retrain in the middle of the measurement.
+    """
+    import csv
+    import random
+
+    from shared.contracts import get_contract
+
+    contract = get_contract("ai4i")
+    rename = {c.source: c.name for c in contract.columns}
+    path, _ = pipeline.dataset_file()
+    with path.open(newline="") as handle:
+        rows = [{rename[k]: v for k, v in raw.items() if k in rename} for raw in csv.DictReader(handle)]
+    picked = random.Random(seed).sample(rows, min(count, len(rows)))
+    return [
+        {n: r[n] if n in contract.categoricals else float(r[n]) for n in contract.raw_inputs} for r in picked
+    ]
+
+
+def time_requests(
+    method: str, url: str, bodies: list[bytes], headers: dict[str, str], n: int
+) -> dict[str, Any]:
+    """``n`` sequential requests, cycling through ``bodies``; latency of each 200."""
     latencies: dict[int, float] = {}
     failures = 0
     for i in range(n):
         started = time.perf_counter()
-        resp = HTTP.request(method, url, body=body, headers=headers)
+        resp = HTTP.request(method, url, body=bodies[i % len(bodies)], headers=headers)
         if resp.status != 200:
             failures += 1
             continue
@@ -75,8 +101,20 @@ def predict_scale_to_zero_and_cold_start(config: StackConfig, last_request: floa
     def fn_status() -> dict[str, Any]:
         return status(config)["functions"]["predict"]
 
-    wait(lambda: not fn_status()["replicas"], 300)
-    at_zero = time.monotonic()
+    trace: list[str] = []  # the autoscaler's reasons while predict idles, when their wording changes
+    shapes: list[str] = []
+
+    def at_zero() -> bool:
+        current = fn_status()
+        line = f"{current['scaling'].get('decision')} | error: {current['scaling'].get('poll_error')}"
+        shape = re.sub(r"[0-9.]+", "#", line)
+        if not shapes or shapes[-1] != shape:
+            shapes.append(shape)
+            trace.append(f"+{time.monotonic() - last_request:.1f}s {line}")
+        return not current["replicas"]
+
+    wait(at_zero, 300)
+    zero_at = time.monotonic()
     time.sleep(1)
     body = json.dumps({"instances": [ROW]}).encode()
     started = time.monotonic()
@@ -97,7 +135,8 @@ def predict_scale_to_zero_and_cold_start(config: StackConfig, last_request: floa
             "stable_window_s": policy.stable_window_s,
             "cooldown_period_s": policy.cooldown_period_s,
         },
-        "scale_to_zero_after_last_request_s": round(at_zero - last_request, 2),
+        "scale_to_zero_after_last_request_s": round(zero_at - last_request, 2),
+        "autoscaler_trace": trace,
         "cold_start_request_to_response_s": round(cold_start, 2),
         "gateway_held_request_s": scaling["last_cold_start_s"],
         "last_scale_event": scaling["last_scale_event"],
@@ -153,8 +192,8 @@ class MlflowServe:
         self.log.close()
 
 
-def mlflow_input(config: StackConfig, model: str, version: str) -> bytes:
-    """The encoded feature row the registered model's signature expects."""
+def mlflow_inputs(config: StackConfig, model: str, version: str, rows: list[dict[str, Any]]) -> list[bytes]:
+    """Each row encoded as the registered model's signature expects (one request body each)."""
     from minio import Minio
 
     from shared import layout
@@ -168,8 +207,17 @@ def mlflow_input(config: StackConfig, model: str, version: str) -> bytes:
     )
     meta = json.loads(s3.get_object("models", layout.serving_model(model, version, "meta.json")).read())
     contract = get_contract("ai4i")
-    vector = contract.encode(contract.derive(dict(ROW)))
-    return json.dumps({"dataframe_split": {"columns": meta["features"], "data": [vector]}}).encode()
+    return [
+        json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": meta["features"],
+                    "data": [contract.encode(contract.derive(dict(row)))],
+                }
+            }
+        ).encode()
+        for row in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,32 +238,36 @@ def main(argv: list[str] | None = None) -> int:
         model, version = str(chain["model_name"]), str(chain["version"])
         results["chain"] = chain
         url = config.function_url("predict")
-        json_body = json.dumps({"instances": [ROW]}).encode()
-        v2_body = json.dumps(
-            {
-                "inputs": [
-                    {"name": k, "shape": [1], "datatype": "BYTES" if k == "type" else "FP32", "data": [v]}
-                    for k, v in ROW.items()
-                ]
-            }
-        ).encode()
+        rows = dataset_rows(args.requests)
+        json_bodies = [json.dumps({"instances": [row]}).encode() for row in rows]
+        v2_bodies = [
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": k, "shape": [1], "datatype": "BYTES" if k == "type" else "FP32", "data": [v]}
+                        for k, v in row.items()
+                    ]
+                }
+            ).encode()
+            for row in rows
+        ]
         headers = {"Content-Type": "application/json"}
-        time_requests("POST", url + "predict", json_body, headers, 50)  # warm-up
+        time_requests("POST", url + "predict", json_bodies, headers, 50)  # warm-up
         results["faaspipe_predict_json"] = time_requests(
-            "POST", url + "predict", json_body, headers, args.requests
+            "POST", url + "predict", json_bodies, headers, args.requests
         )
         results["faaspipe_predict_v2"] = time_requests(
-            "POST", f"{url}v2/models/{model}/infer", v2_body, headers, args.requests
+            "POST", f"{url}v2/models/{model}/infer", v2_bodies, headers, args.requests
         )
         predict_last_request = time.monotonic()
         peer = MlflowServe(config, model, version)
         try:
             results["mlflow_serve_startup_s"] = round(peer.wait_ready(), 2)
-            body = mlflow_input(config, model, version)
+            bodies = mlflow_inputs(config, model, version, rows)
             invocations = f"http://127.0.0.1:{peer.port}/invocations"
-            time_requests("POST", invocations, body, headers, 50)
+            time_requests("POST", invocations, bodies, headers, 50)
             results["mlflow_serve_invocations"] = time_requests(
-                "POST", invocations, body, headers, args.requests
+                "POST", invocations, bodies, headers, args.requests
             )
         finally:
             peer.stop()
