@@ -78,7 +78,11 @@ class LagReader:
             return int(known.get("active", 0))  # type: ignore[call-overload]
         admin, consumer = self._client(trigger.name)
         return group_lag(
-            self.bootstrap, trigger.consumer_group, self.topic, admin=admin, consumer=consumer
+            self.bootstrap,
+            trigger.consumer_group,
+            trigger.topic or self.topic,
+            admin=admin,
+            consumer=consumer,
         ).total
 
     def _client(self, key: str) -> tuple[KafkaAdminClient, KafkaConsumer]:
@@ -133,10 +137,10 @@ class Autoscaler(threading.Thread):
         fn, policy = fs.function, fs.function.scaling
         current = self.current(fn.name)
         candidates: list[tuple[int, str]] = []
-        if fn.triggers:
-            fs.lag = {t.name: self.lag_reader.lag(t) for t in fn.triggers}
+        if fn.subscriptions:
+            fs.lag = {t.name: self.lag_reader.lag(t) for t in fn.subscriptions}
             per_trigger = []
-            for trigger in fn.triggers:
+            for trigger in fn.subscriptions:
                 state = ScaleState(last_active=fs.keda.last_active, lower_since=fs.keda.lower_since)
                 per_trigger.append(
                     (keda_desired(fs.lag[trigger.name], partitions, current, policy, state, now), state)

@@ -220,7 +220,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from localdev.event_log import EventLog
     from shared.cloudevents_io import to_json_dict
 
-    log = EventLog(_config(args), from_beginning=args.all)
+    log = EventLog(_config(args), from_beginning=args.all, topic=args.topic)
     try:
         for event in log.events(None if args.follow else 2.0):
             if args.type and not event.get_type().startswith(args.type):
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true")
     events.add_argument("--type", help="type prefix, e.g. dev.faaspipe.model.")
     events.add_argument("--json", action="store_true")
+    events.add_argument("--topic", help="another topic, e.g. faaspipe.predictions (the prediction log)")
     scale = sub.add_parser(
         "scale", help="set a function's replicas now (the autoscaler decides again next poll)"
     )

@@ -13,11 +13,14 @@ from shared.kafka_offsets import offsets_consumer, true_end_offsets
 
 
 class EventLog:
-    """A group-less reader of the broker topic, starting at its current end (or beginning)."""
+    """A group-less reader of the broker topic (or ``topic``, e.g. the prediction log),
+    starting at its current end (or beginning)."""
 
-    def __init__(self, config: StackConfig, *, from_beginning: bool = False) -> None:
+    def __init__(
+        self, config: StackConfig, *, from_beginning: bool = False, topic: str | None = None
+    ) -> None:
         self.consumer: KafkaConsumer = offsets_consumer(config.kafka_bootstrap)
-        topic = config.broker_topic
+        topic = topic or config.broker_topic
         self.partitions = [
             TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])
         ]

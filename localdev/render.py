@@ -219,7 +219,7 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
     service_labels = dict(labels)
     if fn.kind != "http":  # events arrive from the broker / in-cluster notifiers only
         service_labels["networking.knative.dev/visibility"] = "cluster-local"
-    timeouts = [t.delivery.timeout_s for t in fn.triggers]
+    timeouts = [t.delivery.timeout_s for t in fn.subscriptions]
     container: dict[str, Any] = {
         "name": "function",
         "image": settings.image(fn.environment),
@@ -318,11 +318,36 @@ def knative_trigger(fn: Function, trigger: Trigger) -> dict[str, Any]:
     }
 
 
+def kafka_source(fn: Function, source: Trigger, settings: ClusterSettings) -> dict[str, Any]:
+    """A KafkaSource reading ``source.topic`` into the function (eventing-kafka-broker).
+
+    Unordered delivery and the same consumer group and KEDA scaling as localdev; the sink's
+    replies are dropped by KafkaSource, as by localdev's Kafka-source dispatcher."""
+    annotations = {
+        k: v for k, v in trigger_annotations(fn).items() if not k.startswith("kafka.eventing.knative.dev/")
+    }
+    return {
+        "apiVersion": "sources.knative.dev/v1beta1",
+        "kind": "KafkaSource",
+        "metadata": _meta(source.name, "kafka-source", annotations, **{"faaspipe.dev/function": fn.name}),
+        "spec": {
+            "bootstrapServers": [settings.kafka_bootstrap],
+            "topics": [source.topic],
+            "consumerGroup": source.consumer_group,
+            "initialOffset": "latest",
+            "ordering": "unordered",
+            "delivery": knative_delivery(source.delivery),
+            "sink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": fn.name}},
+        },
+    }
+
+
 def function_docs(fn: Function, settings: ClusterSettings) -> list[dict[str, Any]]:
     return [
         function_service(fn, settings),
         function_sink_binding(fn),
         *(knative_trigger(fn, t) for t in fn.triggers),
+        *(kafka_source(fn, k, settings) for k in fn.kafka_sources),
     ]
 
 
@@ -571,12 +596,17 @@ def overlay_patches(topology: Topology, overlay: Overlay) -> list[tuple[dict[str
             ops.append(_op("replace", f"/spec/template/metadata/annotations/{key}", str(overlay.min_scale)))
         patches.append((target("serving.knative.dev", "v1", "Service", fn.name), f"service-{fn.name}", ops))
         if overlay.min_scale is not None:
-            for t in fn.triggers:
+            for t in fn.subscriptions:
                 key = _escape("autoscaling.eventing.knative.dev/min-scale")
+                kind = (
+                    ("sources.knative.dev", "v1beta1", "KafkaSource")
+                    if t.is_kafka_source
+                    else ("eventing.knative.dev", "v1", "Trigger")
+                )
                 patches.append(
                     (
-                        target("eventing.knative.dev", "v1", "Trigger", t.name),
-                        f"trigger-{t.name}",
+                        target(*kind, t.name),
+                        f"{kind[2].lower()}-{t.name}",
                         [_op("replace", f"/metadata/annotations/{key}", str(overlay.min_scale))],
                     )
                 )
@@ -651,7 +681,7 @@ def readme(topology: Topology, settings: ClusterSettings, dev: Overlay, prod: Ov
     rows = []
     for fn in sorted(topology.functions.values(), key=lambda f: f.name):
         s = fn.scaling
-        triggers = ", ".join(f"`{t.name}`" for t in fn.triggers) or "—"
+        triggers = ", ".join(f"`{t.name}`" for t in fn.subscriptions) or "—"
         rows.append(
             f"| `{fn.name}` | {fn.kind} | `{settings.image(fn.environment)}` | {s.min_replicas}–{s.max_replicas} "
             f"| {fn.concurrency} / {s.concurrency_target} | {triggers} |"
@@ -761,8 +791,8 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
   between `minReplicaCount` and `maxReplicaCount` with `concurrencyTarget` as target;
   `stableWindow` becomes `autoscaling.knative.dev/window` (default 60 s for http functions,
   the `cooldownPeriod` within 6-60 s for event functions) and `cooldownPeriod` the
-  scale-to-zero retention period, so an idle function leaves after about the longer of the two. The revision timeout is the
-  longest trigger timeout, at least 300 s (above 600 s, raise Knative's
+  scale-to-zero retention period, so an idle function leaves after about the longer of the
+  two. The revision timeout is the longest trigger timeout, at least 300 s (above 600 s, raise Knative's
   `max-revision-timeout-seconds` in `config-defaults`). Readiness and liveness probe
   `/health/readiness` and `/health/liveness`. Event functions and sources are cluster-local
   (`networking.knative.dev/visibility`), http functions get a public route. Settings come
@@ -777,7 +807,16 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
   suffix, all, any, not; the legacy `attributes` becomes `exact`); `spec.delivery` is the
   topology's retry, backoffPolicy, backoffDelay, timeout and dead-letter sink; delivery is
   unordered, as in localdev.
-- **Scaling on Kafka lag** uses eventing-kafka-broker's KEDA autoscaler: each Trigger carries
+- **Kafka sources** (`kafkaSources` in `function.yaml`): a function that reads a topic
+  directly, not through the broker, gets a `sources.knative.dev/v1beta1` KafkaSource: the
+  topic, the same consumer group as localdev (`faaspipe.source.<name>`), `initialOffset:
+  latest`, `ordering: unordered`, the topology's delivery, the function's Service as sink and
+  the KEDA annotations below. A KafkaSource drops the sink's replies (so does localdev), so
+  such a function emits its events itself. It does not create its topic: create it with
+  your Kafka operator, e.g. `faaspipe.predictions`, the prediction log the monitor reads.
+- **Scaling on Kafka lag** uses eventing-kafka-broker's KEDA autoscaler (enable it with
+  `controller-autoscaler-keda: enabled` in `config-kafka-features`): each Trigger and
+  KafkaSource carries
   `autoscaling.eventing.knative.dev/class: keda.autoscaling.knative.dev` with `min-scale`,
   `max-scale`, `lag-threshold`, `activation-lag-threshold`, `polling-interval` and
   `cooldown-period` from the function's `scaling`, and the Kafka controller creates the
@@ -791,9 +830,6 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
 
 ## Not rendered
 
-- **KafkaSource**: no function consumes a topic directly; `function.yaml` has no field for
-  it (a `kafkaSource: {{topics, consumerGroup}}` field would render a
-  `sources.knative.dev/v1beta1` KafkaSource with the function as sink).
 - **Kafka, MinIO, Redis, Postgres** themselves (use their operators/charts), the images'
   build, and localdev-only pieces: the gateway and `faaspipe dlq replay` (the DLQ topic is
   the same, `{dlq_topic}`).

@@ -134,6 +134,8 @@ class Supervisor:
                 self.config.broker_topic: self.config.broker_partitions,
                 self.config.dlq_topic: 1,
                 self.config.dlq_replayed_topic: 1,
+                # topics Kafka sources read directly (the prediction log)
+                **dict.fromkeys(self.topology.source_topics, self.config.broker_partitions),
             }
             existing = set(admin.list_topics())
             new = [NewTopic(name, parts, 1) for name, parts in wanted.items() if name not in existing]
@@ -298,7 +300,7 @@ class Supervisor:
                     "min_replicas": fr.function.scaling.min_replicas,
                     "max_replicas": fr.function.scaling.max_replicas,
                     "replicas": [describe(c, f"http://127.0.0.1:{c.port}") for c in fr.replicas],
-                    "triggers": [t.name for t in fr.function.triggers],
+                    "triggers": [t.name for t in fr.function.subscriptions],
                     "scaling": self.autoscaler.status(name) if self.autoscaler else {},
                 }
                 for name, fr in self.functions.items()

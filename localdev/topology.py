@@ -57,14 +57,24 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Trigger:
+    """A subscription of a function: a broker Trigger (filters on the broker topic), or, with
+    ``topic`` set, a KafkaSource reading that topic directly (every record, replies dropped).
+    Both are delivered by the same dispatcher, as in eventing-kafka-broker's data plane."""
+
     name: str
     function: str
     filters: tuple[dict[str, Any], ...]
     delivery: Delivery
+    topic: str | None = None
+
+    @property
+    def is_kafka_source(self) -> bool:
+        return self.topic is not None
 
     @property
     def consumer_group(self) -> str:
-        return f"faaspipe.trigger.{self.name}"
+        kind = "source" if self.is_kafka_source else "trigger"
+        return f"faaspipe.{kind}.{self.name}"
 
 
 KPA_DEFAULT_WINDOW_S = 60.0
@@ -107,6 +117,12 @@ class Function:
     scaling: Scaling
     triggers: tuple[Trigger, ...]
     env: dict[str, str] = field(default_factory=dict)
+    kafka_sources: tuple[Trigger, ...] = ()
+
+    @property
+    def subscriptions(self) -> tuple[Trigger, ...]:
+        """Broker triggers and Kafka sources: everything that delivers events to it."""
+        return self.triggers + self.kafka_sources
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,15 @@ class Topology:
     @property
     def triggers(self) -> list[Trigger]:
         return [t for f in self.functions.values() for t in f.triggers]
+
+    @property
+    def subscriptions(self) -> list[Trigger]:
+        return [t for f in self.functions.values() for t in f.subscriptions]
+
+    @property
+    def source_topics(self) -> list[str]:
+        """Topics read directly by Kafka sources (besides the broker's)."""
+        return sorted({t.topic for f in self.functions.values() for t in f.kafka_sources if t.topic})
 
 
 def _require(doc: dict[str, Any], key: str, where: str) -> Any:
@@ -204,7 +229,18 @@ def load_function(path: Path) -> Function:
         except ValueError as exc:
             raise TopologyError(f"{t_where}.filters: {exc}") from exc
         triggers.append(Trigger(t_name, name, filters, _delivery(t.get("delivery", {}) or {}, t_where)))
-    if triggers and kind == "source":
+    sources = []
+    for i, k in enumerate(doc.get("kafkaSources", []) or []):
+        k_where = f"{where}: kafkaSources[{i}]"
+        unknown = set(k) - {"name", "topic", "delivery"}
+        if unknown:
+            raise TopologyError(
+                f"{k_where}: unknown field(s) {sorted(unknown)}; known: delivery, name, topic"
+            )
+        topic = str(_require(k, "topic", k_where))
+        delivery = _delivery(k.get("delivery", {}) or {}, k_where)
+        sources.append(Trigger(_require(k, "name", k_where), name, (), delivery, topic=topic))
+    if (triggers or sources) and kind == "source":
         raise TopologyError(f"{where}: a source emits events; it cannot subscribe to triggers")
     return Function(
         name=name,
@@ -217,6 +253,7 @@ def load_function(path: Path) -> Function:
         concurrency=int(doc.get("concurrency", 8)),
         scaling=_scaling(doc.get("scaling", {}) or {}, where, kind),
         triggers=tuple(triggers),
+        kafka_sources=tuple(sources),
         env={str(k): str(v) for k, v in (doc.get("env", {}) or {}).items()},
     )
 
@@ -230,9 +267,9 @@ def load_topology(dirs: Iterable[Path] = DEFAULT_FUNCTION_DIRS) -> Topology:
             fn = load_function(path)
             if fn.name in functions:
                 raise TopologyError(f"{path}: function {fn.name!r} is declared twice")
-            for t in fn.triggers:
+            for t in fn.subscriptions:
                 if t.name in trigger_names:
-                    raise TopologyError(f"{path}: trigger {t.name!r} is declared twice")
+                    raise TopologyError(f"{path}: trigger or Kafka source {t.name!r} is declared twice")
                 trigger_names.add(t.name)
             functions[fn.name] = fn
     return Topology(functions)

@@ -110,3 +110,31 @@ def test_stable_window_defaults_by_kind(tmp_path: Path, kind: str, scaling: str,
     policy = load_function(path).scaling
     assert policy.stable_window_s == window
     assert policy.panic_window_s == max(1.0, window / 10)
+
+
+def test_kafka_sources_are_subscriptions_on_their_own_topic(tmp_path: Path) -> None:
+    path = tmp_path / "function.yaml"
+    path.write_text(
+        "name: x\nmodule: m\nkafkaSources:\n  - name: x-log\n    topic: some.topic\n"
+        "triggers:\n  - name: x-ping\n    filters: [{exact: {type: t}}]\n"
+    )
+    fn = load_function(path)
+    (source,) = fn.kafka_sources
+    assert source.is_kafka_source and source.topic == "some.topic" and source.filters == ()
+    assert source.consumer_group == "faaspipe.source.x-log"
+    assert fn.triggers[0].consumer_group == "faaspipe.trigger.x-ping"
+    assert [s.name for s in fn.subscriptions] == ["x-ping", "x-log"]
+    path.write_text("name: x\nmodule: m\nkafkaSources:\n  - name: x-log\n    topics: [a]\n")
+    with pytest.raises(TopologyError, match="unknown field"):
+        load_function(path)
+    path.write_text("name: x\nmodule: m\nkafkaSources:\n  - name: x-log\n")
+    with pytest.raises(TopologyError, match="topic"):
+        load_function(path)
+
+
+def test_the_prediction_log_has_its_own_topic_read_by_the_monitor() -> None:
+    topology = load_topology()
+    predict_topic = topology.functions["predict"].env["FAASPIPE_PREDICTION_TOPIC"]
+    (source,) = topology.functions["monitor"].kafka_sources
+    assert source.topic == predict_topic != "faaspipe.broker"
+    assert topology.source_topics == [predict_topic]

@@ -10,6 +10,10 @@ Validation, per object:
 - the KafkaSink (eventing-kafka-broker, no cloudcoil model): the spec schema of its CRD
   (control-plane/config/eventing-kafka-broker/100-sink/100-kafka-sink.yaml) with unknown
   fields forbidden, metadata by the ObjectMeta model;
+- the KafkaSource (eventing-kafka-broker): its CRD preserves unknown fields, so its spec is
+  checked against a schema written from the Go types (control-plane/pkg/apis/sources/
+  v1beta1/kafka_types.go: KafkaAuthSpec + SourceSpec inlined, eventing's DeliverySpec), with
+  unknown fields forbidden, the enums of initialOffset and ordering, metadata by ObjectMeta;
 - autoscaling annotations: keys must be ones Knative / eventing-kafka-broker document.
 Forbidding unknown fields is what ``kubectl apply`` does (server-side strict field validation).
 """
@@ -107,6 +111,105 @@ KAFKA_SINK_SCHEMA = {
     },
 }
 
+_KREF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "name"],
+    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "namespace", "group")},
+}
+_DESTINATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ref": _KREF,
+        "uri": {"type": "string"},
+        "CACerts": {"type": "string"},
+        "audience": {"type": "string"},
+    },
+}
+_SECRET_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "secretKeyRef": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["key"],
+            "properties": {
+                "name": {"type": "string"},
+                "key": {"type": "string"},
+                "optional": {"type": "boolean"},
+            },
+        }
+    },
+}
+KAFKA_SOURCE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "sources.knative.dev/v1beta1"},
+        "kind": {"const": "KafkaSource"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["bootstrapServers", "topics", "sink"],
+            "properties": {
+                "consumers": {"type": "integer", "minimum": 1},
+                "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "net": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "sasl": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "enable": {"type": "boolean"},
+                                **{k: _SECRET_KEY for k in ("user", "password", "type")},
+                            },
+                        },
+                        "tls": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "enable": {"type": "boolean"},
+                                **{k: _SECRET_KEY for k in ("cert", "key", "caCert")},
+                            },
+                        },
+                    },
+                },
+                "topics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "consumerGroup": {"type": "string"},
+                "initialOffset": {"enum": ["earliest", "latest"]},
+                "ordering": {"enum": ["ordered", "unordered"]},
+                "delivery": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "deadLetterSink": _DESTINATION,
+                        "retry": {"type": "integer", "minimum": 0},
+                        "timeout": {"type": "string"},
+                        "backoffPolicy": {"enum": ["linear", "exponential"]},
+                        "backoffDelay": {"type": "string"},
+                        "retryAfterMax": {"type": "string"},
+                        "format": {"enum": ["json", "binary"]},
+                    },
+                },
+                "sink": _DESTINATION,
+                "ceOverrides": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "extensions": {"type": "object", "additionalProperties": {"type": "string"}}
+                    },
+                },
+            },
+        },
+    },
+}
+
 # Documented annotation keys (Knative Serving autoscaling; eventing-kafka-broker KEDA autoscaler).
 KNOWN_ANNOTATIONS = {
     "autoscaling.knative.dev/": {
@@ -194,6 +297,13 @@ def validate(doc: dict[str, Any]) -> None:
     elif key == ("eventing.knative.dev/v1alpha1", "KafkaSink"):
         jsonschema.validate(doc, KAFKA_SINK_SCHEMA)
         object_meta_model().model_validate(doc["metadata"], **STRICT)
+    elif key == ("sources.knative.dev/v1beta1", "KafkaSource"):
+        jsonschema.validate(doc, KAFKA_SOURCE_SCHEMA)
+        object_meta_model().model_validate(doc["metadata"], **STRICT)
+        for duration in ("timeout", "backoffDelay"):
+            value = doc["spec"].get("delivery", {}).get(duration)
+            if value is not None and parse_duration(value) <= 0:
+                raise ValueError(f"spec.delivery.{duration} must be a positive ISO-8601 duration: {value!r}")
     elif _is_core(api_version):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     else:
@@ -360,6 +470,7 @@ def _annotate(key: str, value: str) -> Callable[[dict[str, Any]], None]:
 
 TRIGGER = ("Trigger", "eventing.knative.dev/v1")
 KSVC = ("Service", "serving.knative.dev/v1")
+KSOURCE = ("KafkaSource", "sources.knative.dev/v1beta1")
 WRONG = [
     (TRIGGER, _rename("spec.filters", "filterz"), "spec.filterz"),
     (TRIGGER, _set("spec.filters", [{"all": [{"exakt": {"type": "x"}}]}]), "nested filter exakt"),
@@ -377,6 +488,11 @@ WRONG = [
     (("SinkBinding", "sources.knative.dev/v1"), _rename("spec.subject", "subjct"), "spec.subjct"),
     (("KafkaSink", "eventing.knative.dev/v1alpha1"), _rename("spec.topic", "topik"), "spec.topik"),
     (("KafkaSink", "eventing.knative.dev/v1alpha1"), _set("metadata.lables", {}), "metadata.lables"),
+    (KSOURCE, _rename("spec.consumerGroup", "consumergroup"), "KafkaSource spec.consumergroup"),
+    (KSOURCE, _set("spec.initialOffset", "oldest"), "KafkaSource initialOffset enum"),
+    (KSOURCE, _set("spec.delivery.retries", 3), "KafkaSource spec.delivery.retries"),
+    (KSOURCE, _set("spec.sink.ref.nmae", "x"), "KafkaSource spec.sink.ref.nmae"),
+    (KSOURCE, _set("spec.delivery.backoffDelay", "0.2s"), "KafkaSource backoffDelay not ISO-8601"),
     (("ConfigMap", "v1"), _set("metadata.lables", {}), "ConfigMap metadata.lables"),
     (("Deployment", "apps/v1"), _set("spec.replicaz", 2), "Deployment spec.replicaz"),
     (("Deployment", "apps/v1"), _set("spec.template.spec.containers.0.imagePullPolicy", 3), "type"),
@@ -462,6 +578,26 @@ def test_every_trigger_rendered_once_with_its_filters_and_delivery(
         assert a["autoscaling.eventing.knative.dev/activation-lag-threshold"] == str(
             s.activation_lag_threshold
         )
+
+
+def test_every_kafka_source_rendered_once_reading_its_topic(topology: Topology, base_objects: list) -> None:
+    sources = _by_kind(base_objects, "sources.knative.dev/v1beta1", "KafkaSource")
+    declared = [k for f in topology.functions.values() for k in f.kafka_sources]
+    assert declared, "the prediction log is read by a Kafka source"
+    assert set(sources) == {k.name for k in declared}, RERENDER
+    for k in declared:
+        (doc,) = sources[k.name]
+        spec = doc["spec"]
+        assert spec["topics"] == [k.topic] and spec["consumerGroup"] == k.consumer_group
+        assert spec["sink"]["ref"] == {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "name": k.function,
+        }
+        assert spec["delivery"]["retry"] == k.delivery.retry
+        annotations = doc["metadata"]["annotations"]
+        scaling = topology.functions[k.function].scaling
+        assert annotations["autoscaling.eventing.knative.dev/lag-threshold"] == str(scaling.lag_threshold)
 
 
 def test_every_function_has_one_service_scaled_as_the_topology(

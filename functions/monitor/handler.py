@@ -1,10 +1,12 @@
 """monitor: feature drift and performance drift of the served models.
 
-* ``dev.faaspipe.prediction.logged.v1`` → the prediction joins its model version's window;
-  a closed window (``FAASPIPE_DRIFT_WINDOW_SIZE`` predictions, default 500, or
+* ``dev.faaspipe.prediction.logged.v1``, read from the prediction-log topic by a Kafka
+  source → the prediction joins its model version's window; a closed window
+  (``FAASPIPE_DRIFT_WINDOW_SIZE`` predictions, default 500, or
   ``FAASPIPE_DRIFT_WINDOW_SECONDS``, default 300, with at least ``FAASPIPE_DRIFT_MIN_WINDOW``)
   is tested against the version's ``reference.csv`` (KS + chi-square, see ``drift.py``);
-  drift → the reply ``dev.faaspipe.drift.detected.v1`` (kind ``feature``).
+  drift → ``dev.faaspipe.drift.detected.v1`` (kind ``feature``), emitted to the broker (a
+  Kafka source drops replies).
 * ``dev.faaspipe.object.created.v1`` for ``labels/…`` in the landing bucket → the labels are
   joined on the stored predictions (``request_id`` or ``udi``); ROC-AUC / F1 of the latest
   labelled window vs the holdout metrics in ``meta.json``; a drop beyond the tolerance →
@@ -98,7 +100,11 @@ class Monitor:
         if pending:
             log.info("rebuilt open windows from %d stored predictions: %s", len(pending), self.windows.fill())
 
-    def on_prediction(self, event: CloudEvent) -> CloudEvent | None:
+    def on_prediction(self, event: CloudEvent) -> None:
+        """Record one logged prediction; a window it closes is checked and drift emitted.
+
+        Predictions arrive from a Kafka source, which drops replies: drift goes to the
+        broker with ``emit``, not as a reply."""
         logged = PredictionLogged.from_event(event)
         predicted_at = event.get_time() or datetime.now(UTC)
         stored = StoredPrediction(
@@ -114,12 +120,13 @@ class Monitor:
         )
         if not self.store.add_prediction(stored):
             PREDICTIONS.labels("duplicate").inc()
-            return None
+            return
         PREDICTIONS.labels("new").inc()
         key = (logged.model_name, logged.model_version)
         closed = self.windows.add(key, Observation(event.get_id(), predicted_at, stored.inputs))
         WINDOW_FILL.labels(*key).set(self.windows.fill().get(key, 0))
-        return None if closed is None else self.check_window(closed)
+        if closed is not None:
+            self._emit_if_drift(closed)
 
     def check_window(self, window: ClosedWindow) -> CloudEvent | None:
         """Run the feature-drift tests on a closed window; the drift event, if any."""
@@ -330,7 +337,8 @@ def handle(event: CloudEvent) -> CloudEvent | None:
     if _monitor is None:
         raise RuntimeError("monitor is not initialised")
     if event.get_type() == PredictionLogged.TYPE:
-        return _monitor.on_prediction(event)
+        _monitor.on_prediction(event)
+        return None
     if event.get_type() == ObjectCreated.TYPE:
         return _monitor.on_labels(event)
     raise EventRejected(f"monitor does not handle {event.get_type()}")

@@ -95,8 +95,10 @@ def init() -> None:
         model_name=model_name,
         alias=os.environ.get("FAASPIPE_SERVING_ALIAS", "champion"),
     )
+    # Its own topic (function.yaml), read by the monitor's Kafka source: the broker's
+    # triggers never have to skip the prediction stream.
     logger = PredictionLogger(
-        settings.kafka_bootstrap(), os.environ.get("FAASPIPE_BROKER_TOPIC", "faaspipe.broker")
+        settings.kafka_bootstrap(), os.environ.get("FAASPIPE_PREDICTION_TOPIC", "faaspipe.predictions")
     )
     logger.start()
     try:

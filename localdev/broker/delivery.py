@@ -76,6 +76,7 @@ class Deliverer:
         *,
         trigger: str,
         stop: threading.Event | None = None,
+        forward_replies: bool = True,
     ) -> Outcome:
         attempts = 0
         while True:
@@ -83,8 +84,8 @@ class Deliverer:
             status, headers, body = self._post(url, event, spec.timeout_s, trigger)
             error = ""
             if 200 <= status < 300:
-                if not _has_event(headers):
-                    return Outcome(True, status, b"", attempts)
+                if not _has_event(headers) or not forward_replies:
+                    return Outcome(True, status, b"", attempts)  # a KafkaSource drops replies
                 try:
                     reply = parse_http(dict(headers), body)
                 except InvalidCloudEvent as exc:

@@ -102,6 +102,7 @@ class TriggerDispatcher(threading.Thread):
         self.trigger = trigger
         self.subscriber_url = subscriber_url
         self.topics = topics
+        self.topic = trigger.topic or topics.topic  # a Kafka source reads its own topic
         self.deliverer = deliverer
         self.dlq_producer = dlq_producer
         self.max_in_flight = max_in_flight
@@ -119,7 +120,7 @@ class TriggerDispatcher(threading.Thread):
     # --- consumer loop (only this thread touches the consumer) ---------------
     def run(self) -> None:
         try:
-            initialise_group(self.topics.bootstrap, self.trigger.consumer_group, self.topics.topic)
+            initialise_group(self.topics.bootstrap, self.trigger.consumer_group, self.topic)
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.topics.bootstrap,
                 group_id=self.trigger.consumer_group,
@@ -130,7 +131,7 @@ class TriggerDispatcher(threading.Thread):
                 max_poll_records=self.max_in_flight,
                 fetch_max_wait_ms=20,  # Tansu answers a fetch only when the wait runs out
             )
-            self._consumer.subscribe([self.topics.topic], listener=_Rebalance(self))
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             self.ready.set()
             while not self.stop_event.is_set():
                 self._poll_once()
@@ -208,7 +209,12 @@ class TriggerDispatcher(threading.Thread):
 
     def _deliver(self, event: CloudEvent, produced_ms: int) -> None:
         outcome = self.deliverer.deliver(
-            event, self.subscriber_url, self.trigger.delivery, trigger=self.trigger.name, stop=self.stop_event
+            event,
+            self.subscriber_url,
+            self.trigger.delivery,
+            trigger=self.trigger.name,
+            stop=self.stop_event,
+            forward_replies=not self.trigger.is_kafka_source,
         )
         if outcome.ok:
             DELIVERIES.labels(self.trigger.name, "ok").inc()

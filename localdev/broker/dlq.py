@@ -1,9 +1,9 @@
 """Dead letters: list them, and replay them to the trigger that failed them.
 
-A replay appends the original event (``knativeerror*`` removed) to the broker topic with a
-``faaspipetarget`` extension naming the trigger, so that only that trigger's dispatcher
-delivers it again, with its full retry policy; a marker on the ``…dlq.replayed`` topic
-records that the dead letter was replayed.
+A replay appends the original event (``knativeerror*`` removed) to the broker topic (for a
+Kafka source: the topic it reads) with a ``faaspipetarget`` extension naming the trigger, so
+that only that trigger's dispatcher delivers it again, with its full retry policy; a marker
+on the ``…dlq.replayed`` topic records that the dead letter was replayed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from localdev.broker.dispatcher import REPLAY_TARGET
 from localdev.config import StackConfig
+from localdev.topology import load_topology
 from shared.cloudevents_io import CloudEvent, from_kafka, to_kafka, with_attributes
 from shared.kafka_offsets import true_end_offsets
 
@@ -93,13 +94,17 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
         and (refs is None or d.ref in refs or d.event.get_id() in refs)
         and (trigger is None or d.event.get_extension("faaspipetrigger") == trigger)
     ]
+    source_topics = {
+        t.name: t.topic for t in load_topology(config.function_dirs).subscriptions if t.topic is not None
+    }
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
     try:
         for letter in chosen:
             target = letter.event.get_extension("faaspipetrigger")
             event = with_attributes(letter.event, drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
             key, headers, value = to_kafka(event)
-            producer.send(config.broker_topic, key=key, value=value, headers=headers).get(timeout=30)
+            topic = source_topics.get(str(target), config.broker_topic)
+            producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
             marker = json.dumps({"id": letter.event.get_id(), "trigger": target}).encode()
             producer.send(config.dlq_replayed_topic, key=letter.ref.encode(), value=marker).get(timeout=30)
     finally:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     topics = BrokerTopics(config.kafka_bootstrap, config.broker_topic, config.dlq_topic)
     deliverer = Deliverer(config.ingress_url, pool_size=64)
     dispatchers = start_dispatchers(
-        topology.triggers, lambda t: config.function_url(t.function), topics, deliverer, producer
+        topology.subscriptions, lambda t: config.function_url(t.function), topics, deliverer, producer
     )
     ready = threading.Event()
 
