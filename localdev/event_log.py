@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -20,6 +22,7 @@ class EventLog:
         self, config: StackConfig, *, from_beginning: bool = False, topic: str | None = None
     ) -> None:
         self.consumer: KafkaConsumer = offsets_consumer(config.kafka_bootstrap)
+        self._pending: collections.deque[Any] = collections.deque()  # fetched, not yet yielded
         topic = topic or config.broker_topic
         self.partitions = [
             TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])
@@ -34,15 +37,24 @@ class EventLog:
                 self.consumer.seek(tp, ends[tp])
 
     def events(self, timeout_s: float | None = None) -> Iterator[CloudEvent]:
-        """Events as they arrive (for ``timeout_s`` seconds, or forever)."""
+        """Events as they arrive (for ``timeout_s`` seconds, or forever).
+
+        A caller may stop iterating at any event and call ``events`` again: the rest of the
+        fetched batch is kept for the next call, never skipped.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while deadline is None or time.monotonic() < deadline:
+        while True:
+            while self._pending:
+                record = self._pending.popleft()
+                try:
+                    event = from_kafka(record.key, record.headers, record.value)
+                except InvalidCloudEvent:
+                    continue
+                yield event
+            if deadline is not None and time.monotonic() >= deadline:
+                return
             for records in self.consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    try:
-                        yield from_kafka(record.key, record.headers, record.value)
-                    except InvalidCloudEvent:
-                        continue
+                self._pending.extend(records)
 
     def close(self) -> None:
         self.consumer.close()

@@ -271,6 +271,37 @@ def test_bad_input_is_refused_and_never_logged(
     assert not [r for r in appended if r.value == body or dict(r.headers).get("ce_source") == b"/t"], case
 
 
+def test_event_log_readers_may_stop_mid_batch_and_miss_nothing(stack: Stack) -> None:
+    """`faaspipe run` and the tests stop reading at the event they wait for, then read on:
+    events fetched in the same batch must come next, not be skipped (regression: a
+    retrain.requested right behind its drift.detected was lost)."""
+    from localdev.event_log import EventLog
+
+    log = EventLog(stack.config)
+    try:
+        subject = f"batch/{uuid.uuid4().hex}"
+        sent = [
+            new_event(
+                "dev.faaspipe.sample.ping.v1", {"message": f"m{i}"}, source="/tests/batch", subject=subject
+            )
+            for i in range(5)
+        ]
+        for event in sent:
+            assert stack.post_event(event).status == 202
+        wanted = {e.get_id() for e in sent}
+        got: list[str] = []
+        while len(got) < len(wanted):
+            for event in log.events(30):  # a new iteration for each event, like wait_for_event
+                if event.get_id() in wanted:
+                    got.append(event.get_id())
+                    break
+            else:
+                break
+        assert sorted(got) == sorted(wanted), "an event fetched with another was skipped"
+    finally:
+        log.close()
+
+
 def test_lag_is_exact_when_producers_batch(stack: Stack) -> None:
     """Tansu reports the last batch's base offset + 1 as the log end; our lag must not."""
     bootstrap = stack.config.kafka_bootstrap
