@@ -140,6 +140,9 @@ def predict_scale_to_zero_and_cold_start(config: StackConfig, last_request: floa
         "cold_start_request_to_response_s": round(cold_start, 2),
         "gateway_held_request_s": scaling["last_cold_start_s"],
         "last_scale_event": scaling["last_scale_event"],
+        # a different version means the monitor saw drift and a retrain was promoted while
+        # predict idled: its model.promoted delivery is a request and restarts the window
+        "version_served_after_idle": json.loads(resp.data).get("model_version"),
     }
 
 
