@@ -208,7 +208,7 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
         "autoscaling.knative.dev/min-scale": str(s.min_replicas),
         "autoscaling.knative.dev/max-scale": str(s.max_replicas),
         # The stable window: the last replica goes after a whole window without requests.
-        "autoscaling.knative.dev/window": _seconds(float(s.stable_window_s or 60.0)),
+        "autoscaling.knative.dev/window": _seconds(s.window_s),
         # Only used when min-scale is 0: how long the last replica stays after going idle.
         "autoscaling.knative.dev/scale-to-zero-pod-retention-period": _seconds(s.cooldown_period_s),
     }
@@ -284,8 +284,8 @@ def function_sink_binding(fn: Function) -> dict[str, Any]:
     }
 
 
-def trigger_annotations(fn: Function) -> dict[str, str]:
-    """KEDA scaling of the trigger's consumer group (eventing-kafka-broker's autoscaler)."""
+def keda_annotations(fn: Function) -> dict[str, str]:
+    """KEDA scaling of a Trigger's or KafkaSource's consumer group (eventing-kafka-broker)."""
     s = fn.scaling
     return {
         "autoscaling.eventing.knative.dev/class": "keda.autoscaling.knative.dev",
@@ -295,9 +295,12 @@ def trigger_annotations(fn: Function) -> dict[str, str]:
         "autoscaling.eventing.knative.dev/activation-lag-threshold": str(s.activation_lag_threshold),
         "autoscaling.eventing.knative.dev/polling-interval": str(max(1, math.ceil(s.polling_interval_s))),
         "autoscaling.eventing.knative.dev/cooldown-period": str(math.ceil(s.cooldown_period_s)),
-        # localdev dispatches concurrently and commits the contiguous prefix: unordered.
-        "kafka.eventing.knative.dev/delivery.order": "unordered",
     }
+
+
+def trigger_annotations(fn: Function) -> dict[str, str]:
+    # localdev dispatches concurrently and commits the contiguous prefix: unordered.
+    return {**keda_annotations(fn), "kafka.eventing.knative.dev/delivery.order": "unordered"}
 
 
 def knative_trigger(fn: Function, trigger: Trigger) -> dict[str, Any]:
@@ -323,13 +326,12 @@ def kafka_source(fn: Function, source: Trigger, settings: ClusterSettings) -> di
 
     Unordered delivery and the same consumer group and KEDA scaling as localdev; the sink's
     replies are dropped by KafkaSource, as by localdev's Kafka-source dispatcher."""
-    annotations = {
-        k: v for k, v in trigger_annotations(fn).items() if not k.startswith("kafka.eventing.knative.dev/")
-    }
     return {
         "apiVersion": "sources.knative.dev/v1beta1",
         "kind": "KafkaSource",
-        "metadata": _meta(source.name, "kafka-source", annotations, **{"faaspipe.dev/function": fn.name}),
+        "metadata": _meta(
+            source.name, "kafka-source", keda_annotations(fn), **{"faaspipe.dev/function": fn.name}
+        ),
         "spec": {
             "bootstrapServers": [settings.kafka_bootstrap],
             "topics": [source.topic],

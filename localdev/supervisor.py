@@ -73,7 +73,7 @@ class Supervisor:
             self._ready_replicas,
             demand=self._on_demand,
             windows={
-                name: (float(fn.scaling.stable_window_s or 60.0), fn.scaling.panic_window_s)
+                name: (fn.scaling.window_s, fn.scaling.panic_window_s)
                 for name, fn in self.topology.functions.items()
             },
         )

@@ -99,9 +99,14 @@ class Scaling:
     stable_window_s: float | None = None
 
     @property
+    def window_s(self) -> float:
+        """The stable window in effect (Knative's 60 s if none was resolved)."""
+        return float(self.stable_window_s or KPA_DEFAULT_WINDOW_S)
+
+    @property
     def panic_window_s(self) -> float:
         """Knative's default panic window: 10 % of the stable window (at least 1 s)."""
-        return max(1.0, 0.1 * (self.stable_window_s or KPA_DEFAULT_WINDOW_S))
+        return max(1.0, 0.1 * self.window_s)
 
 
 @dataclass(frozen=True)

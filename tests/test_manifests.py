@@ -77,39 +77,50 @@ _REF = {
     "required": ["name"],
     "properties": {"name": {"type": "string"}},
 }
-KAFKA_SINK_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "eventing.knative.dev/v1alpha1"},
-        "kind": {"const": "KafkaSink"},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["topic", "bootstrapServers"],
-            "properties": {
-                "topic": {"type": "string"},
-                "numPartitions": {"type": "integer"},
-                "replicationFactor": {"type": "integer"},
-                "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                "contentMode": {"enum": ["binary", "structured"]},
-                "auth": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "secret": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"ref": _REF},
-                        }
-                    },
+
+
+def _crd_object(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema of a custom resource: the envelope fixed, ``spec`` as given."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": {"type": "object"},
+            "spec": spec,
+        },
+    }
+
+
+KAFKA_SINK_SCHEMA = _crd_object(
+    "eventing.knative.dev/v1alpha1",
+    "KafkaSink",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["topic", "bootstrapServers"],
+        "properties": {
+            "topic": {"type": "string"},
+            "numPartitions": {"type": "integer"},
+            "replicationFactor": {"type": "integer"},
+            "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "contentMode": {"enum": ["binary", "structured"]},
+            "auth": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "secret": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"ref": _REF},
+                    }
                 },
             },
         },
     },
-}
+)
 
 _KREF = {
     "type": "object",
@@ -143,71 +154,69 @@ _SECRET_KEY = {
         }
     },
 }
-KAFKA_SOURCE_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "sources.knative.dev/v1beta1"},
-        "kind": {"const": "KafkaSource"},
-        "metadata": {"type": "object"},
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["bootstrapServers", "topics", "sink"],
-            "properties": {
-                "consumers": {"type": "integer", "minimum": 1},
-                "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                "net": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "sasl": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "enable": {"type": "boolean"},
-                                **{k: _SECRET_KEY for k in ("user", "password", "type")},
-                            },
-                        },
-                        "tls": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "enable": {"type": "boolean"},
-                                **{k: _SECRET_KEY for k in ("cert", "key", "caCert")},
-                            },
+KAFKA_SOURCE_SCHEMA = _crd_object(
+    "sources.knative.dev/v1beta1",
+    "KafkaSource",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["bootstrapServers", "topics", "sink"],
+        "properties": {
+            "consumers": {"type": "integer", "minimum": 1},
+            "bootstrapServers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "net": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "sasl": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "enable": {"type": "boolean"},
+                            **{k: _SECRET_KEY for k in ("user", "password", "type")},
                         },
                     },
-                },
-                "topics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                "consumerGroup": {"type": "string"},
-                "initialOffset": {"enum": ["earliest", "latest"]},
-                "ordering": {"enum": ["ordered", "unordered"]},
-                "delivery": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "deadLetterSink": _DESTINATION,
-                        "retry": {"type": "integer", "minimum": 0},
-                        "timeout": {"type": "string"},
-                        "backoffPolicy": {"enum": ["linear", "exponential"]},
-                        "backoffDelay": {"type": "string"},
-                        "retryAfterMax": {"type": "string"},
-                        "format": {"enum": ["json", "binary"]},
-                    },
-                },
-                "sink": _DESTINATION,
-                "ceOverrides": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "extensions": {"type": "object", "additionalProperties": {"type": "string"}}
+                    "tls": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "enable": {"type": "boolean"},
+                            **{k: _SECRET_KEY for k in ("cert", "key", "caCert")},
+                        },
                     },
                 },
             },
+            "topics": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "consumerGroup": {"type": "string"},
+            "initialOffset": {"enum": ["earliest", "latest"]},
+            "ordering": {"enum": ["ordered", "unordered"]},
+            "delivery": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "deadLetterSink": _DESTINATION,
+                    "retry": {"type": "integer", "minimum": 0},
+                    "timeout": {"type": "string"},
+                    "backoffPolicy": {"enum": ["linear", "exponential"]},
+                    "backoffDelay": {"type": "string"},
+                    "retryAfterMax": {"type": "string"},
+                    "format": {"enum": ["json", "binary"]},
+                },
+            },
+            "sink": _DESTINATION,
+            "ceOverrides": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"extensions": {"type": "object", "additionalProperties": {"type": "string"}}},
+            },
         },
     },
+)
+
+# eventing-kafka-broker kinds without a cloudcoil model: checked with these schemas
+JSON_SCHEMAS = {
+    ("eventing.knative.dev/v1alpha1", "KafkaSink"): KAFKA_SINK_SCHEMA,
+    ("sources.knative.dev/v1beta1", "KafkaSource"): KAFKA_SOURCE_SCHEMA,
 }
 
 # Documented annotation keys (Knative Serving autoscaling; eventing-kafka-broker KEDA autoscaler).
@@ -294,13 +303,10 @@ def validate(doc: dict[str, Any]) -> None:
         if kind == "Trigger" and "filters" in doc.get("spec", {}):
             _check_filters(doc["spec"]["filters"])
         model(key).model_validate(doc, **STRICT)
-    elif key == ("eventing.knative.dev/v1alpha1", "KafkaSink"):
-        jsonschema.validate(doc, KAFKA_SINK_SCHEMA)
+    elif key in JSON_SCHEMAS:
+        jsonschema.validate(doc, JSON_SCHEMAS[key])
         object_meta_model().model_validate(doc["metadata"], **STRICT)
-    elif key == ("sources.knative.dev/v1beta1", "KafkaSource"):
-        jsonschema.validate(doc, KAFKA_SOURCE_SCHEMA)
-        object_meta_model().model_validate(doc["metadata"], **STRICT)
-        for duration in ("timeout", "backoffDelay"):
+        for duration in ("timeout", "backoffDelay") if kind == "KafkaSource" else ():
             value = doc["spec"].get("delivery", {}).get(duration)
             if value is not None and parse_duration(value) <= 0:
                 raise ValueError(f"spec.delivery.{duration} must be a positive ISO-8601 duration: {value!r}")
