@@ -51,19 +51,19 @@ class LagReader:
     group is used (KEDA's number, an upper bound).
     """
 
-    def __init__(self, bootstrap: str, topic: str, broker_url: str | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, dispatcher_url: str | None = None) -> None:
         self.bootstrap, self.topic = bootstrap, topic
-        self.broker_url = broker_url
+        self.dispatcher_url = dispatcher_url
         self._clients: dict[str, tuple[KafkaAdminClient, KafkaConsumer]] = {}
         self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=2.0))
         self._backlog: dict[str, dict[str, object]] = {}
 
     def refresh(self) -> None:
         """Read every dispatcher's backlog once per autoscaler round."""
-        if not self.broker_url:
+        if not self.dispatcher_url:
             return
         try:
-            resp = self._http.request("GET", self.broker_url + "/triggers")
+            resp = self._http.request("GET", self.dispatcher_url + "/triggers")
             self._backlog = json.loads(resp.data) if resp.status == 200 else {}
         except (urllib3.exceptions.HTTPError, ValueError):
             self._backlog = {}

@@ -160,6 +160,7 @@ def mlflow(config: StackConfig) -> Child:
 
 
 def broker(config: StackConfig) -> Child:
+    """The broker's ingress (CloudEvents in, appended to the broker topic)."""
     argv = [sys.executable, "-m", "localdev.broker.server", "--state-dir", str(config.state_dir)]
     return _child(
         config,
@@ -168,6 +169,19 @@ def broker(config: StackConfig) -> Child:
         env={"PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,
         health_url=config.url("ingress") + "/health/readiness",
+    )
+
+
+def dispatcher(config: StackConfig) -> Child:
+    """The broker's trigger dispatchers, in their own process beside the ingress."""
+    argv = [sys.executable, "-m", "localdev.broker.dispatch_server", "--state-dir", str(config.state_dir)]
+    return _child(
+        config,
+        "dispatcher",
+        argv,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        health_url=config.url("dispatcher") + "/health/readiness",
     )
 
 

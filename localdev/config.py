@@ -20,6 +20,7 @@ PORT_OFFSETS = {
     "ingress": 1,  # broker ingress (POST CloudEvents here)
     "object_events": 2,  # object-events source (S3 / SeaweedFS notifications)
     "supervisor": 3,  # control API + metrics of the supervisor
+    "dispatcher": 4,  # the broker's trigger dispatchers: health, /triggers backlogs, metrics
     "kafka": 10,
     "s3": 20,
     "s3_grpc": 21,

@@ -1,25 +1,27 @@
 """The localdev supervisor: starts, health-checks, restarts and stops every component.
 
 Runs detached (``faaspipe up`` spawns it) and serves a small control API on the
-``supervisor`` port: ``GET /status``, ``POST /shutdown``, ``GET /metrics``.
+``supervisor`` port (``GET /status``, ``POST /shutdown``, ``GET /metrics``, ``POST /scale``)
+on the gateway's event loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
-import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from aiohttp import web
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -171,9 +173,11 @@ class Supervisor:
             for child in starting:
                 self._wait_ready(child, timeout)
             mlflow.result()
+        # triggers first: an event the ingress accepts is never older than their consumer groups
+        self._start(components.dispatcher(self.config), timeout)
         self._start(components.broker(self.config), timeout)
         lag_reader = LagReader(
-            self.config.kafka_bootstrap, self.config.broker_topic, self.config.url("ingress")
+            self.config.kafka_bootstrap, self.config.broker_topic, self.config.url("dispatcher")
         )
         self.autoscaler = Autoscaler(
             [fr.function for fr in self.functions.values()],
@@ -262,12 +266,12 @@ class Supervisor:
         with self.lock:
             replicas = [c for fr in self.functions.values() for c in fr.replicas]
             infra = list(self.infra)
-        broker = [c for c in infra if c.name == "broker"]
-        for child in broker:  # stop consuming first, then functions, then infrastructure
+        broker = [c for c in infra if c.name in ("broker", "dispatcher")]
+        for child in broker:  # stop accepting, then consuming, then functions, then infrastructure
             child.stop(30)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda c: c.stop(15), replicas))
-        for child in reversed([c for c in infra if c.name != "broker"]):
+        for child in reversed([c for c in infra if c not in broker]):
             child.stop(15)
 
     # --- status ------------------------------------------------------------------
@@ -290,6 +294,7 @@ class Supervisor:
             "kafka": self.config.kafka_bootstrap,
             "mlflow": self.config.url("mlflow"),
             "broker": self.config.ingress_url,
+            "dispatcher": self.config.url("dispatcher"),
         }
         with self.lock:
             infra = [describe(c, urls.get(c.name)) for c in self.infra]
@@ -320,44 +325,39 @@ class Supervisor:
         }
 
 
-def _control_server(sup: Supervisor) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt: str, *args: object) -> None:
-            pass
+def control_app(sup: Supervisor) -> web.Application:
+    """The control API: ``GET /status``, ``GET /metrics``, ``POST /shutdown``,
+    ``POST /scale/<function>/<replicas>`` (served on the gateway's event loop)."""
+    routes = web.RouteTableDef()
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def blocking(call: Callable[[], object]) -> Awaitable[object]:
+        return asyncio.get_running_loop().run_in_executor(None, call)
 
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/status":
-                self._send(200, json.dumps(sup.status()).encode())
-            elif self.path == "/metrics":
-                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-            else:
-                self._send(404, b'{"error": "not found"}')
+    @routes.get("/status")
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(await blocking(sup.status))
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path == "/shutdown":
-                self._send(202, b'{"status": "stopping"}')
-                threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
-            elif self.path.startswith("/scale/"):
-                # manual scale, like `kubectl scale`: the autoscaler decides again on its next poll
-                _, _, function, count = self.path.split("/", 3)
-                if function not in sup.functions or not count.isdigit():
-                    self._send(400, b'{"error": "POST /scale/<function>/<replicas>"}')
-                    return
-                sup.scale_to(function, int(count), "manual (faaspipe scale)")
-                self._send(202, json.dumps({"function": function, "replicas": int(count)}).encode())
-            else:
-                self._send(404, b'{"error": "not found"}')
+    @routes.get("/metrics")
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    server = ThreadingHTTPServer(("127.0.0.1", sup.config.ports["supervisor"]), Handler)
-    server.daemon_threads = True
-    return server
+    @routes.post("/shutdown")
+    async def shutdown(_request: web.Request) -> web.Response:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        return web.json_response({"status": "stopping"}, status=202)
+
+    @routes.post("/scale/{function}/{count}")
+    async def scale(request: web.Request) -> web.Response:
+        # manual scale, like `kubectl scale`: the autoscaler decides again on its next poll
+        function, count = request.match_info["function"], request.match_info["count"]
+        if function not in sup.functions or not count.isdigit():
+            return web.json_response({"error": "POST /scale/<function>/<replicas>"}, status=400)
+        await blocking(lambda: sup.scale_to(function, int(count), "manual (faaspipe scale)"))
+        return web.json_response({"function": function, "replicas": int(count)}, status=202)
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,9 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     kill_leftovers(config.state_dir / "pids")
     sup = Supervisor(config)
     (config.state_dir / "supervisor.pid").write_text(str(os.getpid()))
-    control = _control_server(sup)
-    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
-    sup.gateway.start()
+    sup.gateway.start([(control_app(sup), "127.0.0.1", config.ports["supervisor"])])
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
     code = 0
@@ -389,7 +387,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sup.shutdown()
         sup.gateway.stop()
-        control.shutdown()
         (config.state_dir / "supervisor.pid").unlink(missing_ok=True)
         log.info("stopped")
     raise SystemExit(code)

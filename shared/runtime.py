@@ -1,4 +1,4 @@
-"""The function runtime: serves a plain Python handler over HTTP with Flask.
+"""The function runtime: serves a plain Python handler over HTTP (Flask on gunicorn).
 
 An *event* function is a module with ``handle(event) -> CloudEvent | None`` and an optional
 ``init()`` (load a model, open clients) run before the replica reports ready. An *http*
@@ -7,7 +7,8 @@ function exposes ``create_app() -> Flask``; the runtime adds the platform routes
 Contract (Knative Serving / Eventing):
 - ``POST /`` takes a CloudEvent in binary or structured mode; the reply event, if any, is
   returned in binary mode with 200, otherwise 202 with an empty body.
-- Not a CloudEvent, unknown type or data breaking its schema → 400 with a JSON error.
+- Not a CloudEvent, an unknown ``dev.faaspipe.*`` type or catalogue data breaking its
+  schema → 400 with a JSON error; other types are admitted (``events.admission``).
 - ``EventRejected`` from the handler → 422 (not retried: dead-lettered at once).
 - Any other exception → 500 (the broker retries with backoff, then dead-letters).
 - A duplicate of an event still being processed elsewhere → 409 (retried later).
@@ -17,11 +18,9 @@ Contract (Knative Serving / Eventing):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -31,10 +30,12 @@ from types import ModuleType
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from events import EventDataError, UnknownEventType, validate_event
+from events import EventDataError, UnknownEventType
+from events.admission import admit, strict_types_from_env
 from shared import tracing
 from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, parse_http, to_http, with_attributes
 from shared.errors import EventRejected
+from shared.server import serve
 
 log = logging.getLogger("faaspipe.runtime")
 
@@ -107,6 +108,7 @@ def create_event_app(name: str, handler: Handler, readiness: Readiness, store=No
     """The Flask app serving an event handler (see module docstring for the contract)."""
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    strict_types = strict_types_from_env()
     add_platform_routes(app, name, readiness)
     call = handler
     if store is not None:
@@ -126,7 +128,7 @@ def create_event_app(name: str, handler: Handler, readiness: Readiness, store=No
             return _error(503, f"function {name} is not ready yet")
         try:
             event = parse_http(request.headers, request.get_data())
-            validate_event(event)
+            admit(event, strict_types=strict_types)
         except InvalidCloudEvent as exc:
             EVENTS.labels(name, "invalid", "bad_request").inc()
             return jsonify(exc.as_dict()), 400
@@ -155,7 +157,7 @@ def create_event_app(name: str, handler: Handler, readiness: Readiness, store=No
         if not reply.get_extension("traceparent"):
             reply = with_attributes(reply, traceparent=tracing.child_of(event.get_extension("traceparent")))
         try:
-            validate_event(reply)
+            admit(reply, strict_types=strict_types)
         except (UnknownEventType, EventDataError) as exc:
             EVENTS.labels(name, event_type, "bad_reply").inc()
             return _error(500, f"handler reply is invalid: {exc}", field=getattr(exc, "field", None))
@@ -177,64 +179,6 @@ def load_app(name: str, module: ModuleType, kind: str) -> tuple[Flask, Readiness
         add_platform_routes(app, name, readiness)
     threading.Thread(target=readiness.run_init, args=(init,), name="init", daemon=True).start()
     return app, readiness
-
-
-PLATFORM_PATHS = ("/health/", "/metrics")
-
-
-class _InFlight:
-    """WSGI middleware counting requests in progress, so a stopping replica can drain them.
-
-    With a ``limit`` it also enforces the function's ``concurrency`` as Knative's queue-proxy
-    enforces ``containerConcurrency``: at most ``limit`` requests reach the handler at once,
-    the others wait their turn (the caller's timeout bounds the wait). Health and metrics
-    routes are never queued.
-    """
-
-    def __init__(self, wsgi_app: Callable, limit: int = 0) -> None:  # type: ignore[type-arg]
-        self.wsgi_app = wsgi_app
-        self.count = 0
-        self.lock = threading.Lock()
-        self.slots: contextlib.AbstractContextManager[object] = (
-            threading.BoundedSemaphore(limit) if limit > 0 else contextlib.nullcontext()
-        )
-
-    def __call__(self, environ: dict, start_response: Callable):  # type: ignore[no-untyped-def,type-arg]
-        if environ.get("PATH_INFO", "").startswith(PLATFORM_PATHS):
-            yield from self.wsgi_app(environ, start_response)
-            return
-        with self.lock:
-            self.count += 1
-        try:
-            with self.slots:
-                yield from self.wsgi_app(environ, start_response)
-        finally:
-            with self.lock:
-                self.count -= 1
-
-
-def serve(app: Flask, host: str, port: int, drain_timeout_s: float = 120.0, concurrency: int = 0) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (graceful scale-down).
-
-    ``concurrency`` > 0 caps the requests handled at once (queue-proxy semantics); 0 = no cap.
-    """
-    from werkzeug.serving import make_server
-
-    in_flight = _InFlight(app.wsgi_app, concurrency)
-    app.wsgi_app = in_flight  # type: ignore[method-assign]
-    server = make_server(host, port, app, threaded=True)
-
-    def stop(_signum: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("serving on http://%s:%d", host, port)
-    server.serve_forever()
-    deadline = time.monotonic() + drain_timeout_s
-    while in_flight.count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log.info("stopped (%d requests still in flight)", in_flight.count)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,9 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("FAASPIPE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    app, _ = load_app(args.name, importlib.import_module(args.module), args.kind)
-    serve(app, args.host, args.port, concurrency=args.concurrency)
+
+    def build() -> Flask:  # in the worker process, after the fork
+        app, _ = load_app(args.name, importlib.import_module(args.module), args.kind)
+        return app
+
+    serve(build, args.host, args.port, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

@@ -74,9 +74,34 @@ def test_killing_a_replica_mid_event_loses_nothing(stack: Stack) -> None:
         what="a ready replica",
     )[0]
     time.sleep(0.5)
-    os.kill(replica["pid"], signal.SIGKILL)
+    os.killpg(replica["pid"], signal.SIGKILL)  # the whole replica (server and worker), as a pod dies
     ids = {e.get_id() for e in events}
     wait_until(lambda: ids <= set(processed(stack)), 120, what="every event processed despite the kill")
+
+
+def test_draining_replicas_on_scale_down_loses_nothing(stack: Stack) -> None:
+    """Replicas scaled down mid-burst leave the routing table and finish what they hold:
+    every event is processed exactly once (``slow`` records each id it handles)."""
+    events = [
+        new_event(
+            "dev.faaspipe.sample.ping.v1",
+            {"message": f"d{i}"},
+            source="/tests/drain",
+            subject=f"scale/{uuid.uuid4().hex}",
+        )
+        for i in range(24)
+    ]
+    for event in events:
+        assert stack.post_event(event).status == 202
+    ids = {e.get_id() for e in events}
+    wait_until(lambda: live_replicas(stack, "slow") >= 3, 60, what="3 replicas")
+    wait_until(lambda: len(ids & set(processed(stack))) >= 3, 60, what="the first events processed")
+    result = stack.cli("scale", "slow", "1")  # two busy replicas drain while events remain
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: ids <= set(processed(stack)), 120, what="every event processed after the drain")
+    done = [i for i in processed(stack) if i in ids]
+    assert sorted(done) == sorted(ids), "an event was processed twice or lost"
+    assert "drained and stopped" in stack.log("supervisor")
 
 
 def test_http_function_scales_from_zero_without_errors(stack: Stack) -> None:

@@ -63,7 +63,7 @@ def test_status_shows_every_component_healthy(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["state"] == "running"
-    assert {c["name"] for c in status["components"]} == {"seaweedfs", "kafka", "mlflow", "broker"}
+    assert {c["name"] for c in status["components"]} == {"seaweedfs", "kafka", "mlflow", "dispatcher", "broker"}
     assert all(c["state"] == "ready" for c in status["components"])
     for name, fn in status["functions"].items():
         assert len(fn["replicas"]) >= fn["min_replicas"], name
@@ -136,6 +136,35 @@ def test_filters_route_only_to_matching_triggers(stack: Stack) -> None:
     for trigger, want in expected.items():
         got = {r["id"] for r in stack.records(trigger) if r["id"] in ours}
         assert got == want, trigger
+
+
+@pytest.mark.parametrize(
+    ("mode", "content_type", "body"),
+    [
+        ("binary", "text/plain; charset=utf-8", "h\u00e9llo, foreign world".encode()),
+        ("binary", "application/json", b'{"reading": 21.5, "unit": "C"}'),
+    ],
+)
+def test_a_foreign_event_type_is_accepted_and_routed(
+    stack: Stack, mode: str, content_type: str, body: bytes
+) -> None:
+    """Any valid CloudEvent enters, as a Knative broker takes it; a trigger filtering on its
+    type gets it (the JavaScript SDK posting its own type was refused before)."""
+    event_id = uuid.uuid4().hex
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "/tests/foreign",
+        "ce-type": "com.example.foreign.v1",
+        "content-type": content_type,
+    }
+    resp = stack.post_raw(body, headers)
+    assert resp.status == 202, resp.data
+    got = wait_until(
+        lambda: by_id(stack.records("rec-foreign"), event_id), 30, what="the foreign event delivered"
+    )
+    assert len(got) == 1 and got[0]["type"] == "com.example.foreign.v1"
+    assert got[0]["source"] == "/tests/foreign"
 
 
 def test_reply_is_routed_onward_and_keeps_the_trace(stack: Stack) -> None:

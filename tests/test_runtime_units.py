@@ -1,4 +1,4 @@
-"""The function runtime's queue-proxy behaviour (pure WSGI, no server)."""
+"""The function server's queue-proxy behaviour (pure WSGI, no server)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from shared.runtime import _InFlight
+from shared.server import ConcurrencyLimit
 
 
 def test_concurrency_limit_queues_requests_like_the_queue_proxy() -> None:
@@ -28,19 +28,24 @@ def test_concurrency_limit_queues_requests_like_the_queue_proxy() -> None:
             inside -= 1
         yield b"ok"
 
-    limited = _InFlight(app, limit=2)
+    limited = ConcurrencyLimit(app, limit=2)
+    waiting = 0
     answers: list[bytes] = []
 
     def call(path: str) -> None:
+        nonlocal waiting
+        with lock:
+            waiting += 1
         answers.extend(limited({"PATH_INFO": path}, None))
 
     requests = [threading.Thread(target=call, args=("/",)) for _ in range(5)]
     for t in requests:
         t.start()
     deadline = time.monotonic() + 5
-    while (inside < 2 or limited.count < 5) and time.monotonic() < deadline:
+    while (inside < 2 or waiting < 5) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert (inside, limited.count) == (2, 5), "two in the handler, three waiting"
+    time.sleep(0.1)
+    assert (inside, waiting) == (2, 5), "two in the handler, three waiting"
     probe = threading.Thread(target=call, args=("/health/liveness",))
     probe.start()
     probe.join(5)
@@ -49,17 +54,8 @@ def test_concurrency_limit_queues_requests_like_the_queue_proxy() -> None:
     for t in requests:
         t.join(10)
     assert answers.count(b"ok") == 5 and peak == 2
-    assert limited.count == 0
 
 
-def test_no_limit_still_counts_in_flight_requests_for_the_drain() -> None:
-    seen: list[int] = []
-    unlimited = _InFlight(lambda environ, start: iter([b"ok"]), limit=0)
-
-    def app(environ: dict, start_response: object) -> Iterator[bytes]:  # type: ignore[type-arg]
-        seen.append(unlimited.count)
-        yield b"ok"
-
-    unlimited.wsgi_app = app
+def test_no_limit_passes_every_request_through() -> None:
+    unlimited = ConcurrencyLimit(lambda environ, start: iter([b"ok"]), limit=0)
     assert list(unlimited({"PATH_INFO": "/"}, None)) == [b"ok"]
-    assert seen == [1] and unlimited.count == 0

@@ -1,21 +1,27 @@
-"""Delivery of one event to a subscriber, with Knative's DeliverySpec semantics.
+"""Delivery of one event to a subscriber, with Knative's DeliverySpec semantics (asyncio).
 
 Retries on network errors, timeouts, 5xx, 404, 408, 409 and 429 (Knative's retryable set),
 waiting ``backoffDelay * 2^(n-1)`` (exponential) or ``backoffDelay * n`` (linear) before
 retry n. Other 4xx are final. A reply event in the response goes back to the broker
 ingress; the delivery only succeeds once the reply is in the log.
+
+One ``Deliverer`` per dispatcher process: one aiohttp session (keep-alive pool) on the
+process's event loop, shared by every trigger.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
-import urllib3
+import aiohttp
+from multidict import CIMultiDictProxy
 
+from localdev.broker.protocol import TRIGGER_HEADER
 from localdev.topology import Delivery
 from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, parse_http, to_http, with_attributes
 
@@ -23,7 +29,7 @@ log = logging.getLogger("faaspipe.delivery")
 
 RETRYABLE_STATUS = frozenset({404, 408, 409, 429})
 ERROR_DATA_LIMIT = 1024  # bytes of the subscriber's response kept in knativeerrordata
-TRIGGER_HEADER = "Faaspipe-Trigger"
+__all__ = ["TRIGGER_HEADER", "Deliverer", "Outcome", "dead_letter_event", "is_retryable"]
 
 
 @dataclass
@@ -39,36 +45,62 @@ def is_retryable(status: int) -> bool:
     return status == 0 or status >= 500 or status in RETRYABLE_STATUS
 
 
-def _has_event(headers: urllib3.HTTPHeaderDict) -> bool:
+def _has_event(headers: CIMultiDictProxy[str]) -> bool:
     content_type = headers.get("content-type", "")
     return any(k.lower().startswith("ce-") for k in headers) or content_type.startswith(
         "application/cloudevents+json"
     )
 
 
+async def _pause(delay: float, stop: threading.Event | None) -> bool:
+    """Sleep ``delay`` seconds; True if ``stop`` was set meanwhile."""
+    deadline = time.monotonic() + delay
+    while True:
+        if stop is not None and stop.is_set():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, 0.05))
+
+
 class Deliverer:
-    """Sends events to subscribers and replies to the ingress; safe to share across threads."""
+    """Sends events to subscribers and replies to the ingress; use on its event loop only."""
 
-    def __init__(self, ingress_url: str, pool_size: int = 16) -> None:
+    def __init__(self, ingress_url: str) -> None:
         self.ingress_url = ingress_url
-        self.http = urllib3.PoolManager(maxsize=pool_size, retries=False)
+        self._session: aiohttp.ClientSession | None = None
 
-    def _post(
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=15),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(
         self, url: str, event: CloudEvent, timeout: float, trigger: str
-    ) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+    ) -> tuple[int, CIMultiDictProxy[str] | None, bytes]:
+        assert self._session is not None, "Deliverer.open() first"
         headers, body = to_http(event)
         headers[TRIGGER_HEADER] = trigger
         try:
-            resp = self.http.request("POST", url, body=body, headers=headers, timeout=timeout)
-        except urllib3.exceptions.HTTPError as exc:
-            return 0, urllib3.HTTPHeaderDict(), f"{type(exc).__name__}: {exc}".encode()
-        return resp.status, resp.headers, resp.data
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 0, None, f"{type(exc).__name__}: {exc}".encode()
 
-    def forward_reply(self, reply: CloudEvent, timeout: float) -> tuple[int, bytes]:
-        status, _headers, body = self._post(self.ingress_url, reply, timeout, "reply")
+    async def forward_reply(self, reply: CloudEvent, timeout: float) -> tuple[int, bytes]:
+        status, _headers, body = await self._post(self.ingress_url, reply, timeout, "reply")
         return status, body
 
-    def deliver(
+    async def deliver(
         self,
         event: CloudEvent,
         url: str,
@@ -81,16 +113,16 @@ class Deliverer:
         attempts = 0
         while True:
             attempts += 1
-            status, headers, body = self._post(url, event, spec.timeout_s, trigger)
+            status, headers, body = await self._post(url, event, spec.timeout_s, trigger)
             error = ""
             if 200 <= status < 300:
-                if not _has_event(headers) or not forward_replies:
+                if headers is None or not _has_event(headers) or not forward_replies:
                     return Outcome(True, status, b"", attempts)  # a KafkaSource drops replies
                 try:
-                    reply = parse_http(dict(headers), body)
+                    reply = parse_http(headers, body)
                 except InvalidCloudEvent as exc:
                     return Outcome(False, 502, f"invalid reply event: {exc}".encode(), attempts, str(exc))
-                reply_status, reply_body = self.forward_reply(reply, spec.timeout_s)
+                reply_status, reply_body = await self.forward_reply(reply, spec.timeout_s)
                 if 200 <= reply_status < 300:
                     return Outcome(True, status, b"", attempts)
                 error = f"reply rejected by the broker ingress ({reply_status})"
@@ -108,10 +140,8 @@ class Deliverer:
                 status or "no response",
                 delay,
             )
-            if stop is not None and stop.wait(delay):
+            if await _pause(delay, stop):
                 return Outcome(False, status, body, attempts, "dispatcher stopping")
-            if stop is None:
-                time.sleep(delay)
 
 
 def dead_letter_event(event: CloudEvent, *, trigger: str, destination: str, outcome: Outcome) -> CloudEvent:

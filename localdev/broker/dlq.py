@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from localdev.broker.dispatcher import REPLAY_TARGET
+from localdev.broker.protocol import REPLAY_TARGET
 from localdev.config import StackConfig
 from localdev.topology import load_topology
 from shared.cloudevents_io import CloudEvent, from_kafka, to_kafka, with_attributes

@@ -1,20 +1,30 @@
 """Broker ingress: accepts CloudEvents over HTTP and appends them to the broker topic.
 
-``202`` only after Kafka acknowledged the write (acks=all). Anything that is not a valid
-event of the catalogue is refused with a 4xx naming the problem, and never enters the log.
+An aiohttp app on one event loop. Each request gets its ``202`` only after Kafka acknowledged
+its own record (acks=all), but no request holds a thread while it waits: the producer batches
+the records of all concurrent requests (``linger_ms``), and each acknowledgement resolves its
+request's future on the loop.
+
+Anything that is not a valid CloudEvent is refused with a 4xx naming the problem, and never
+enters the log. Types of the catalogue (``dev.faaspipe.*``) are validated against their
+schema; any other valid CloudEvent is accepted, as a Knative broker accepts it, and routed by
+triggers like ours, unless ``FAASPIPE_STRICT_TYPES=1`` (see :mod:`events.admission`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from aiohttp import web
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 
-from events import EventDataError, UnknownEventType, validate_event
+from events import EventDataError, UnknownEventType
+from events.admission import admit
 from shared import tracing
 from shared.cloudevents_io import InvalidCloudEvent, parse_http, to_kafka, with_attributes
 
@@ -29,44 +39,70 @@ APPEND_LATENCY = Histogram(
 PRODUCE_TIMEOUT_S = 10.0
 
 
-def _refuse(status: int, outcome: str, message: str, **extra: object) -> tuple[Response, int]:
+def _refuse(status: int, outcome: str, message: str, **extra: object) -> web.Response:
     ACCEPTED.labels(outcome).inc()
-    return jsonify(error=message, **extra), status
+    return web.json_response({"error": message, **extra}, status=status)
 
 
-def create_ingress_app(producer: KafkaProducer, topic: str, ready: threading.Event, max_bytes: int) -> Flask:
-    app = Flask("faaspipe-ingress")
-    app.config["MAX_CONTENT_LENGTH"] = max_bytes
+def acknowledged(send_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+    """An asyncio future resolved when kafka-python's ``send`` future is (from its I/O thread)."""
+    done: asyncio.Future[Any] = loop.create_future()
 
-    @app.errorhandler(413)
-    def too_large(_exc: Exception) -> tuple[Response, int]:
-        return _refuse(413, "too_large", f"event larger than the {max_bytes}-byte limit")
+    def settle(value: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(value)
 
-    @app.post("/")
-    @app.post("/<namespace>/<broker>")
-    def ingest(namespace: str = "default", broker: str = "default") -> tuple[Response, int] | Response:
+    send_future.add_callback(lambda metadata: loop.call_soon_threadsafe(settle, metadata, None))
+    send_future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, None, exc))
+    return done
+
+
+def create_ingress_app(
+    producer: KafkaProducer, topic: str, ready: threading.Event, max_bytes: int, *, strict_types: bool
+) -> web.Application:
+    async def ingest(request: web.Request) -> web.Response:
         if not ready.is_set():
             return _refuse(503, "not_ready", "broker is starting: triggers are not ready yet")
+        if (request.content_length or 0) > max_bytes:
+            return _refuse(413, "too_large", f"event larger than the {max_bytes}-byte limit")
         try:
-            event = parse_http(request.headers, request.get_data())
-            validate_event(event)
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _refuse(413, "too_large", f"event larger than the {max_bytes}-byte limit")
+        try:
+            event = parse_http(request.headers, body)
+            foreign = admit(event, strict_types=strict_types)
         except InvalidCloudEvent as exc:
             ACCEPTED.labels("malformed").inc()
-            return jsonify(exc.as_dict()), 400
+            return web.json_response(exc.as_dict(), status=400)
         except UnknownEventType as exc:
             return _refuse(400, "unknown_type", str(exc))
         except EventDataError as exc:
             return _refuse(400, "invalid_data", str(exc), field=exc.field)
+        if foreign:
+            log.info(
+                "accepted event %s of a type outside the catalogue: %s", event.get_id(), event.get_type()
+            )
         if not tracing.is_valid(event.get_extension("traceparent")):
             event = with_attributes(event, traceparent=tracing.new_traceparent())
         key, headers, value = to_kafka(event)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            with APPEND_LATENCY.time():
-                producer.send(topic, key=key, value=value, headers=headers).get(timeout=PRODUCE_TIMEOUT_S)
-        except KafkaError as exc:
+            sent = producer.send(topic, key=key, value=value, headers=headers)
+            await asyncio.wait_for(acknowledged(sent, loop), PRODUCE_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
             log.error("append of event %s failed: %s", event.get_id(), exc)
-            return _refuse(503, "kafka_error", f"event log unavailable, retry later: {exc}")
+            return _refuse(503, "kafka_error", f"event log unavailable, retry later: {exc or 'timeout'}")
+        APPEND_LATENCY.observe(loop.time() - started)
         ACCEPTED.labels("accepted").inc()
-        return Response(status=202)
+        return web.Response(status=202)
 
+    app = web.Application(client_max_size=max_bytes)
+    app.router.add_post("/", ingest)
+    app.router.add_post("/{namespace}/{broker}", ingest)
     return app

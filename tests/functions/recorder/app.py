@@ -10,7 +10,7 @@ import threading
 
 from flask import Flask, jsonify, request
 
-from localdev.broker.delivery import TRIGGER_HEADER
+from localdev.broker.protocol import TRIGGER_HEADER
 from shared.cloudevents_io import parse_http, to_json_dict
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from localdev.broker.delivery import TRIGGER_HEADER
+from localdev.broker.protocol import TRIGGER_HEADER
 from shared.cloudevents_io import parse_http, to_json_dict
 
 MAX_RECORDS = 200_000

@@ -1,0 +1,135 @@
+"""The broker's dispatcher process: one dispatcher per trigger of the topology.
+
+Run by the supervisor as ``python -m localdev.broker.dispatch_server --state-dir DIR``, beside
+the ingress process (``localdev.broker.server``), so that accepting events and delivering them
+use both cores. Each trigger's consumer runs in its own thread; every delivery runs on this
+process's event loop, which also serves ``/health/readiness`` (ready once every trigger's
+consumer group is initialised), ``/health/liveness``, ``/triggers`` (backlogs, read by the
+autoscaler) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+from kafka import KafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from localdev.aio import run_forever
+from localdev.broker.delivery import Deliverer
+from localdev.broker.dispatcher import BrokerTopics, TriggerDispatcher, start_dispatchers
+from localdev.config import StackConfig
+from localdev.topology import load_topology
+
+log = logging.getLogger("faaspipe.dispatch")
+MAX_EVENT_BYTES = int(os.environ.get("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024)))
+
+
+def _failed(dispatchers: list[TriggerDispatcher]) -> list[TriggerDispatcher]:
+    return [d for d in dispatchers if d.error or (d.ready.is_set() and not d.is_alive())]
+
+
+def status_app(dispatchers: list[TriggerDispatcher]) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/health/liveness")
+    async def liveness(_request: web.Request) -> web.Response:
+        dead = [d.trigger.name for d in _failed(dispatchers)]
+        return web.json_response(
+            {"status": "failed" if dead else "alive", "failed_triggers": dead}, status=500 if dead else 200
+        )
+
+    @routes.get("/health/readiness")
+    async def readiness(_request: web.Request) -> web.Response:
+        triggers = {
+            d.trigger.name: ("failed: " + d.error)
+            if d.error
+            else ("ready" if d.ready.is_set() else "starting")
+            for d in dispatchers
+        }
+        ready = all(d.ready.is_set() for d in dispatchers) and not _failed(dispatchers)
+        return web.json_response(
+            {"status": "ready" if ready else "starting", "triggers": triggers}, status=200 if ready else 503
+        )
+
+    @routes.get("/triggers")
+    async def backlog(_request: web.Request) -> web.Response:
+        return web.json_response({d.trigger.name: d.backlog() for d in dispatchers})
+
+    @routes.get("/metrics")
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="faaspipe local broker: trigger dispatchers")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("FAASPIPE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s dispatcher %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = StackConfig.load(args.state_dir)
+    topology = load_topology(config.function_dirs)
+    producer = KafkaProducer(  # dead letters
+        bootstrap_servers=config.kafka_bootstrap,
+        acks="all",
+        linger_ms=1,
+        retries=5,
+        max_request_size=MAX_EVENT_BYTES + 64 * 1024,
+    )
+    topics = BrokerTopics(config.kafka_bootstrap, config.broker_topic, config.dlq_topic)
+    deliverer = Deliverer(config.ingress_url)
+    dispatchers: list[TriggerDispatcher] = []
+
+    async def watchdog() -> None:
+        """Exit (the supervisor restarts us) if a trigger's consumer dies."""
+        while True:
+            failed = _failed(dispatchers)
+            if failed:
+                for d in failed:
+                    log.error("trigger %s failed: %s; exiting to be restarted", d.trigger.name, d.error)
+                os._exit(3)
+            await asyncio.sleep(0.2)
+
+    async def on_start() -> None:
+        await deliverer.open()
+        loop = asyncio.get_running_loop()
+        dispatchers.extend(
+            start_dispatchers(
+                topology.subscriptions,
+                lambda t: config.function_url(t.function),
+                topics,
+                deliverer,
+                producer,
+                loop,
+            )
+        )
+        loop.create_task(watchdog())
+
+    async def on_stop() -> None:
+        for d in dispatchers:
+            d.stop()
+        loop = asyncio.get_running_loop()
+        # the consumer threads drain (await their deliveries on this loop), then commit
+        await loop.run_in_executor(None, lambda: [d.join(timeout=30) for d in dispatchers])
+        await deliverer.close()
+        producer.flush(5)
+        producer.close(5)
+
+    app = status_app(dispatchers)
+    run_forever([(app, "127.0.0.1", config.ports["dispatcher"])], on_start=on_start, on_stop=on_stop)
+
+
+if __name__ == "__main__":
+    main()
