@@ -63,7 +63,13 @@ def test_status_shows_every_component_healthy(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["state"] == "running"
-    assert {c["name"] for c in status["components"]} == {"seaweedfs", "kafka", "mlflow", "dispatcher", "broker"}
+    assert {c["name"] for c in status["components"]} == {
+        "seaweedfs",
+        "kafka",
+        "mlflow",
+        "dispatcher",
+        "broker",
+    }
     assert all(c["state"] == "ready" for c in status["components"])
     for name, fn in status["functions"].items():
         assert len(fn["replicas"]) >= fn["min_replicas"], name
