@@ -160,6 +160,7 @@ class StackConfig:
             idempotency_url=env.get("FAASPIPE_IDEMPOTENCY_URL") or None,
             feast_redis=env.get("FAASPIPE_FEAST_REDIS") or None,
             function_dirs=tuple(Path(p) for p in dirs.split(os.pathsep)) if dirs else DEFAULT_FUNCTION_DIRS,
+            start_timeout_s=float(env.get("FAASPIPE_START_TIMEOUT_S") or 180.0),
         )
 
 
@@ -187,6 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_VENVS_DIR", ".venvs/", "path", "stack"),
     Setting("FAASPIPE_KAFKA_STORAGE", "s3", "choice", "stack", choices=("s3", "memory")),
     Setting("FAASPIPE_BROKER_PARTITIONS", "4", "int", "stack", minimum=1),
+    Setting("FAASPIPE_START_TIMEOUT_S", "180", "float", "stack", minimum=1),
     Setting("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024), "int", "stack", minimum=1),
     Setting("FAASPIPE_LOG_LEVEL", "INFO", "loglevel", "stack"),
     Setting("FAASPIPE_AI4I_CSV", "../shared/datasets/ai4i2020.csv", "text", "stack"),
