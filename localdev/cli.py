@@ -314,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        code = _dispatch(sys.argv[1:] if argv is None else argv)
-        sys.stdout.flush()
+        try:
+            code = _dispatch(sys.argv[1:] if argv is None else argv)
+        except SystemExit as exit_:  # argparse's --help and usage errors, render's own parser
+            code = exit_.code
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
     except BrokenPipeError:
         # The reader went away (`faaspipe status | head`): exit quietly, as the Python docs
         # advise: point stdout at devnull so the interpreter's final flush cannot fail again.
@@ -330,11 +333,7 @@ def _dispatch(argv: list[str]) -> int | str | None:
         from localdev import render
 
         return render.main(argv[1:])
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help and usage errors: argparse printed, then exits
-        sys.stdout.flush()
-        return exit_.code
+    args = build_parser().parse_args(argv)
     handlers = {
         "up": cmd_up,
         "down": cmd_down,
