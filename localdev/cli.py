@@ -145,7 +145,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         if status and status["state"] == "failed":
             print("start-up failed: " + status["message"], file=sys.stderr)
-            proc.wait(30)
+            try:
+                proc.wait(60)  # the supervisor stops what it started, then exits
+            except subprocess.TimeoutExpired:
+                cmd_down(args)  # too slow (a busy machine): stop it and whatever it left
             return 1
         time.sleep(0.3)
     print("start-up timed out; stopping.", file=sys.stderr)

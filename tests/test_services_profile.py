@@ -26,10 +26,11 @@ import urllib3
 
 from shared.contracts import get_contract
 from tests import services
-from tests.conftest import REPO, TEST_PORT_BASE, Stack, running_stack, wait_until
+from tests.conftest import REPO, TEST_PORT_BASE, Stack, _stack_processes, wait_until
 
 pytestmark = pytest.mark.integration
 PORT_BASE = TEST_PORT_BASE + 1000  # the session stack uses +0, durable_stack +500
+STACK_ENV = {"FAASPIPE_START_TIMEOUT_S": "600"}
 HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))
 
 
@@ -56,16 +57,39 @@ def services_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
             "FAASPIPE_IDEMPOTENCY_URL": f"redis://{services.REDIS_HOST}:{services.REDIS_PORT}/{db}?prefix={prefix}",
             "FAASPIPE_FEAST_REDIS": f"{services.REDIS_HOST}:{services.REDIS_PORT},db={db}",
         }
-        with pytest.MonkeyPatch.context() as env:  # running_stack takes the stack's env from ours
-            for name, value in settings.items():
-                env.setenv(name, value)
-            stack = cleanup.enter_context(
-                running_stack(
-                    tmp_path_factory.mktemp("services-state"), PORT_BASE, str(REPO / "functions"), "memory"
-                )
-            )
+        stack = cleanup.enter_context(
+            _running_stack(tmp_path_factory.mktemp("services-state"), {**settings, **STACK_ENV})
+        )
         assert all(stack.env[name] == value for name, value in settings.items())
         yield ServicesStack(stack, settings, db, database, user, prefix)
+
+
+@contextlib.contextmanager
+def _running_stack(state_dir: Path, settings: dict[str, str]) -> Iterator[Stack]:
+    """conftest's running_stack with this profile's settings and a start-up budget for a busy box
+    (eleven function replicas importing Feast, MLflow and XGBoost at once on 2 cores)."""
+    stack = Stack(
+        {
+            **os.environ,
+            **settings,
+            "FAASPIPE_STATE_DIR": str(state_dir),
+            "FAASPIPE_PORT_BASE": str(PORT_BASE),
+            "FAASPIPE_FUNCTION_DIRS": str(REPO / "functions"),
+            "FAASPIPE_KAFKA_STORAGE": "memory",
+            "PYTHONPATH": str(REPO),
+        },
+        state_dir,
+    )
+    result = stack.cli("up", timeout=float(STACK_ENV["FAASPIPE_START_TIMEOUT_S"]) * 2 + 120)
+    if result.returncode != 0:
+        stack.cli("down")
+        pytest.fail(f"faaspipe up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    try:
+        yield stack
+    finally:
+        stack.cli("down")
+        leftovers = _stack_processes(state_dir)
+        assert not leftovers, f"processes left after `faaspipe down`: {leftovers}"
 
 
 def _create_mlflow_tables(uri: str) -> None:
