@@ -25,11 +25,15 @@ from localdev.topology import REPO_ROOT
 _HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=5.0))
 
 
-def _config(args: argparse.Namespace) -> StackConfig:
+def _env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     if args.state_dir:
         env["FAASPIPE_STATE_DIR"] = args.state_dir
-    config = StackConfig.from_env(env)
+    return env
+
+
+def _config(args: argparse.Namespace) -> StackConfig:
+    config = StackConfig.from_env(_env(args))
     stack_file = config.state_dir / "stack.json"
     return StackConfig.load(config.state_dir) if stack_file.exists() and args.command != "up" else config
 
@@ -79,6 +83,15 @@ def _print_status(status: dict) -> None:  # type: ignore[type-arg]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from localdev import preflight
+
+    problems = preflight.check(_env(args))  # before anything starts: nothing to clean up
+    if problems:
+        print("cannot start: these settings do not work:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("see the Settings section of README.md.", file=sys.stderr)
+        return 2
     config = _config(args)
     if _supervisor_pid(config):
         status = _status(config)
@@ -132,7 +145,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         if status and status["state"] == "failed":
             print("start-up failed: " + status["message"], file=sys.stderr)
-            proc.wait(30)
+            try:
+                proc.wait(60)  # the supervisor stops what it started, then exits
+            except subprocess.TimeoutExpired:
+                cmd_down(args)  # too slow (a busy machine): stop it and whatever it left
             return 1
         time.sleep(0.3)
     print("start-up timed out; stopping.", file=sys.stderr)
@@ -300,11 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            code = _dispatch(sys.argv[1:] if argv is None else argv)
+        except SystemExit as exit_:  # argparse's --help and usage errors, render's own parser
+            code = exit_.code
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        # The reader went away (`faaspipe status | head`): exit quietly, as the Python docs
+        # advise: point stdout at devnull so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+    raise SystemExit(code)
+
+
+def _dispatch(argv: list[str]) -> int | str | None:
     if argv[:1] == ["render"]:  # its own options (--out, --check, --registry) pass through untouched
         from localdev import render
 
-        raise SystemExit(render.main(argv[1:]))
+        return render.main(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {
         "up": cmd_up,
@@ -317,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         "events": cmd_events,
         "scale": cmd_scale,
     }
-    raise SystemExit(handlers[args.command](args))
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from localdev.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT
@@ -48,6 +48,7 @@ class StackConfig:
     broker_partitions: int = 4
     mlflow_backend_uri: str | None = None  # None → SQLite in the state dir
     idempotency_url: str | None = None  # None → SQLite in the state dir; redis://… supported
+    feast_redis: str | None = None  # None → Feast online store in SQLite; "host:port[,db=N]" → Redis
     access_key: str = "faaspipe"
     secret_key: str = "faaspipe-secret"
     buckets: tuple[str, ...] = DEFAULT_BUCKETS
@@ -113,6 +114,7 @@ class StackConfig:
             "FAASPIPE_BROKER_TOPIC": self.broker_topic,
             "FAASPIPE_GATEWAY_URL": self.url("gateway"),
             "FAASPIPE_IDEMPOTENCY_URL": self.effective_idempotency_url,
+            **({"FAASPIPE_FEAST_REDIS": self.feast_redis} if self.feast_redis else {}),
             "PYTHONPATH": str(REPO_ROOT),
             # 2-core boxes: OpenMP/BLAS oversubscription costs 10x on small predictions.
             "OMP_NUM_THREADS": "1",
@@ -133,7 +135,8 @@ class StackConfig:
         doc = json.loads((Path(state_dir) / "stack.json").read_text())
         doc["function_dirs"] = tuple(Path(p) for p in doc["function_dirs"])
         doc["buckets"] = tuple(doc["buckets"])
-        return cls(**doc)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
@@ -156,5 +159,83 @@ class StackConfig:
             broker_partitions=int(env.get("FAASPIPE_BROKER_PARTITIONS", 4)),
             mlflow_backend_uri=env.get("FAASPIPE_MLFLOW_BACKEND_URI") or None,
             idempotency_url=env.get("FAASPIPE_IDEMPOTENCY_URL") or None,
+            feast_redis=env.get("FAASPIPE_FEAST_REDIS") or None,
             function_dirs=tuple(Path(p) for p in dirs.split(os.pathsep)) if dirs else DEFAULT_FUNCTION_DIRS,
+            start_timeout_s=float(env.get("FAASPIPE_START_TIMEOUT_S") or 180.0),
         )
+
+
+# --- every setting a user may change -----------------------------------------------------
+# README's "Settings" section lists each of these with the same default (tests/test_settings.py
+# checks it, and that every FAASPIPE_* variable read in the code is here); `faaspipe up` checks
+# the value of each one set (localdev/preflight.py) before it starts anything.
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str  # as documented (a value, or where the default lives)
+    kind: str  # int | float | port | choice | loglevel | path | paths | url | text
+    scope: str  # "stack" (read by `faaspipe up`), "service", "function" (function.yaml env or shell)
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # the stack
+    Setting("FAASPIPE_PORT_BASE", str(DEFAULT_PORT_BASE), "port", "stack"),
+    Setting("FAASPIPE_STATE_DIR", ".faaspipe/", "path", "stack"),
+    Setting("FAASPIPE_FUNCTION_DIRS", "functions/", "paths", "stack"),
+    Setting("FAASPIPE_VENVS_DIR", ".venvs/", "path", "stack"),
+    Setting("FAASPIPE_KAFKA_STORAGE", "s3", "choice", "stack", choices=("s3", "memory")),
+    Setting("FAASPIPE_BROKER_PARTITIONS", "4", "int", "stack", minimum=1),
+    Setting("FAASPIPE_START_TIMEOUT_S", "180", "float", "stack", minimum=1),
+    Setting("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024), "int", "stack", minimum=1),
+    Setting("FAASPIPE_LOG_LEVEL", "INFO", "loglevel", "stack"),
+    Setting("FAASPIPE_AI4I_CSV", "../shared/datasets/ai4i2020.csv", "text", "stack"),
+    # services (each checked for reachability by `faaspipe up`)
+    Setting("FAASPIPE_MLFLOW_BACKEND_URI", "sqlite:///<state>/mlflow.db", "url", "service"),
+    Setting("FAASPIPE_IDEMPOTENCY_URL", "sqlite:///<state>/idempotency.db", "url", "service"),
+    Setting("FAASPIPE_IDEMPOTENCY_LEASE_S", "5", "float", "service", minimum=0.001),
+    Setting("FAASPIPE_FEAST_REDIS", "unset: SQLite <state>/feast/online.db", "url", "service"),
+    # functions (function.yaml `env` wins over the shell's value)
+    Setting("FAASPIPE_DATASET", "ai4i", "text", "function"),
+    Setting("FAASPIPE_OBJECT_EVENTS_BUCKETS", "landing", "text", "function"),
+    Setting("FAASPIPE_TUNE_TRIALS", "24", "int", "function", minimum=1),
+    Setting("FAASPIPE_TUNE_PARALLELISM", "2", "int", "function", minimum=1),
+    Setting("FAASPIPE_TUNE_MAX_SECONDS", "600", "float", "function", minimum=0),
+    Setting("FAASPIPE_TUNE_PATIENCE", "8", "int", "function", minimum=0),
+    Setting("FAASPIPE_TUNE_MIN_DELTA", "0.0001", "float", "function", minimum=0),
+    Setting("FAASPIPE_TUNE_WATCHDOG_S", "15", "float", "function", minimum=0),
+    Setting("FAASPIPE_PROMOTE_TOLERANCE", "0.005", "float", "function", minimum=0),
+    Setting("FAASPIPE_PROMOTE_FLOOR", "0.90", "float", "function", minimum=0),
+    Setting("FAASPIPE_PROMOTE_LATENCY_BUDGET_MS", "5.0", "float", "function", minimum=0),
+    Setting("FAASPIPE_PROMOTE_LATENCY_CALLS", "200", "int", "function", minimum=1),
+    Setting("FAASPIPE_SERVING_ALIAS", "champion", "text", "function"),
+    Setting("FAASPIPE_CHAMPION_POLL_SECONDS", "10", "float", "function", minimum=0.001),
+    Setting("FAASPIPE_PREDICTION_TOPIC", "faaspipe.predictions", "text", "function"),
+    Setting("FAASPIPE_DRIFT_WINDOW_SIZE", "500", "int", "function", minimum=1),
+    Setting("FAASPIPE_DRIFT_WINDOW_SECONDS", "300", "float", "function", minimum=0.001),
+    Setting("FAASPIPE_DRIFT_MIN_WINDOW", "100", "int", "function", minimum=1),
+    Setting("FAASPIPE_DRIFT_P_VAL", "0.05", "float", "function", minimum=0),
+    Setting("FAASPIPE_PERF_WINDOW_SIZE", "500", "int", "function", minimum=1),
+    Setting("FAASPIPE_PERF_MIN_LABELLED", "100", "int", "function", minimum=1),
+    Setting("FAASPIPE_PERF_TOLERANCE", "0.05", "float", "function", minimum=0),
+    Setting("FAASPIPE_PERF_F1_TOLERANCE", "0.15", "float", "function", minimum=0),
+    Setting("FAASPIPE_MONITOR_KEEP_PREDICTIONS", "100000", "int", "function", minimum=1),
+    Setting("FAASPIPE_RETRAIN_COOLDOWN_SECONDS", "600", "float", "function", minimum=0),
+    Setting("FAASPIPE_RETRAIN_MAX_IN_FLIGHT_SECONDS", "7200", "float", "function", minimum=0),
+)
+
+# Set by the platform for every function replica (StackConfig.function_env); not user settings.
+PLATFORM_SET = (
+    "FAASPIPE_KAFKA_BOOTSTRAP",
+    "FAASPIPE_S3_ENDPOINT",
+    "FAASPIPE_S3_ACCESS_KEY",
+    "FAASPIPE_S3_SECRET_KEY",
+    "FAASPIPE_BROKER_TOPIC",
+    "FAASPIPE_GATEWAY_URL",
+    "FAASPIPE_FUNCTION",
+    "K_SINK",
+    "MLFLOW_TRACKING_URI",
+)
