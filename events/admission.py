@@ -23,7 +23,7 @@ STRICT_ENV = "FAASPIPE_STRICT_TYPES"
 
 def strict_types_from_env(env: dict[str, str] | None = None) -> bool:
     """``FAASPIPE_STRICT_TYPES``: ``1``/``true`` admits catalogue types only (default off)."""
-    value = (os.environ if env is None else env).get(STRICT_ENV, "").strip().lower()
+    value = (os.environ if env is None else env).get(STRICT_ENV, "").strip()
     if value not in ("", "0", "1", "true", "false"):
         raise ValueError(f"{STRICT_ENV} must be 0 or 1, got {value!r}")
     return value in ("1", "true")

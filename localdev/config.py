@@ -192,6 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_START_TIMEOUT_S", "180", "float", "stack", minimum=1),
     Setting("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024), "int", "stack", minimum=1),
     Setting("FAASPIPE_LOG_LEVEL", "INFO", "loglevel", "stack"),
+    Setting("FAASPIPE_STRICT_TYPES", "0", "choice", "stack", choices=("0", "1", "true", "false")),
     Setting("FAASPIPE_AI4I_CSV", "../shared/datasets/ai4i2020.csv", "text", "stack"),
     # services (each checked for reachability by `faaspipe up`)
     Setting("FAASPIPE_MLFLOW_BACKEND_URI", "sqlite:///<state>/mlflow.db", "url", "service"),

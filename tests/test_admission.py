@@ -52,7 +52,7 @@ def test_admission(case: str, ev: CloudEvent, strict: bool, outcome: object) -> 
 
 
 @pytest.mark.parametrize(
-    ("value", "strict"), [("", False), ("0", False), ("false", False), ("1", True), ("TRUE", True)]
+    ("value", "strict"), [("", False), ("0", False), ("false", False), ("1", True), ("true", True)]
 )
 def test_strict_types_setting(value: str, strict: bool) -> None:
     assert strict_types_from_env({"FAASPIPE_STRICT_TYPES": value}) is strict
