@@ -98,7 +98,7 @@ def search(
 ) -> tuple[int | None, list[dict[str, Any]]]:
     """Highest sustained rate: ×``factor`` from ``start`` until a step fails (÷``factor`` while
     none is sustained), then ``refine`` bisections between the highest sustained and the
-    lowest failed rate (rounded to 10/s)."""
+    lowest failed rate (rounded to 10/s above 200/s)."""
     steps: list[dict[str, Any]] = []
 
     def step(rate: int) -> bool:
@@ -131,7 +131,8 @@ def search(
             failed = rate
     low = best or 0
     for _ in range(refine if failed is not None else 0):
-        mid = int(round((low + failed) / 2 / 10) * 10)  # type: ignore[operator]
+        grain = 10 if failed > 200 else 1  # type: ignore[operator]
+        mid = int(round((low + failed) / 2 / grain) * grain)  # type: ignore[operator]
         if mid <= low or mid >= failed:  # type: ignore[operator]
             break
         if step(mid):

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     size = reference_record_bytes()
     soak_report: dict[str, Any] | None = None
+    machine = machine_facts(args.storage)  # before the stack: the load average is the box's
     with bench_stack(args.storage, args.port_base) as config:
         receipts = ReceiptLog(receipts_path(config.state_dir))
         warm_up(config, receipts)
@@ -172,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak_seconds > 0 and best:
             soak_report = soak.run_soak(config, receipts, int(best * soak.FRACTION), args.soak_seconds, rule)
     summary, met = summarize(best, steps, fixed, raw)
-    machine = machine_facts(args.storage)
     report = {
         "benchmark": "broker_throughput",
         "started_at": started,
