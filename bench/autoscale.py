@@ -37,8 +37,8 @@ from typing import Any
 
 import urllib3
 
-from bench.broker_throughput import bench_stack, machine_facts
 from bench.scaling_functions.burst.handler import handled_path
+from bench.stack import bench_stack, machine_facts
 from events import new_event
 from localdev.config import StackConfig
 from localdev.topology import REPO_ROOT, load_function
