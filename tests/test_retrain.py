@@ -67,6 +67,19 @@ def test_a_lost_request_stops_blocking_after_the_in_flight_limit() -> None:
     assert state.in_flight_request_id == request_id_for("d2")
 
 
+def test_drift_of_a_version_that_is_not_champion_neither_starts_nor_blocks() -> None:
+    idle = RetrainState("m")
+    old, same = on_drift(idle, "d9", T0, CONFIG, drift_version="9", champion_version="10")
+    assert old.action == "not_champion" and not old.sends_request and same == idle
+    current, state = on_drift(same, "d10", T0, CONFIG, drift_version="10", champion_version="10")
+    assert current.action == "request" and state.last_drift_event_id == "d10"
+    unknown, _ = on_drift(idle, "d1", T0, CONFIG, drift_version="1", champion_version=None)
+    assert unknown.action == "request"  # no champion known (no alias yet): every drift counts
+    # a redelivered drift keeps getting its request, even if the champion moved meanwhile
+    again, _ = on_drift(state, "d10", T0, CONFIG, drift_version="10", champion_version="11")
+    assert again.action == "repeat" and again.request_id == request_id_for("d10")
+
+
 def test_state_round_trips_and_ignores_unknown_fields() -> None:
     _, state = on_drift(RetrainState("m"), "d1", T0, CONFIG)
     assert RetrainState.from_dict({**json.loads(json.dumps(state.to_dict())), "future_field": 1}) == state
