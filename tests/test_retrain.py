@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import urllib3
 from minio.error import S3Error
 
 from events import DriftDetected, ModelPromoted, ModelRejected, rfc3339
@@ -67,6 +68,19 @@ def test_a_lost_request_stops_blocking_after_the_in_flight_limit() -> None:
     assert state.in_flight_request_id == request_id_for("d2")
 
 
+def test_drift_of_a_version_that_is_not_champion_neither_starts_nor_blocks() -> None:
+    idle = RetrainState("m")
+    old, same = on_drift(idle, "d9", T0, CONFIG, drift_version="9", champion_version="10")
+    assert old.action == "not_champion" and not old.sends_request and same == idle
+    current, state = on_drift(same, "d10", T0, CONFIG, drift_version="10", champion_version="10")
+    assert current.action == "request" and state.last_drift_event_id == "d10"
+    unknown, _ = on_drift(idle, "d1", T0, CONFIG, drift_version="1", champion_version=None)
+    assert unknown.action == "request"  # no champion known (no alias yet): every drift counts
+    # a redelivered drift keeps getting its request, even if the champion moved meanwhile
+    again, _ = on_drift(state, "d10", T0, CONFIG, drift_version="10", champion_version="11")
+    assert again.action == "repeat" and again.request_id == request_id_for("d10")
+
+
 def test_state_round_trips_and_ignores_unknown_fields() -> None:
     _, state = on_drift(RetrainState("m"), "d1", T0, CONFIG)
     assert RetrainState.from_dict({**json.loads(json.dumps(state.to_dict())), "future_field": 1}) == state
@@ -80,17 +94,17 @@ def serving(request: pytest.FixtureRequest) -> Stack:
     return serving_stack(request)
 
 
-def _drift(model_name: str) -> Any:
+def _drift(model_name: str, version: str = "1") -> Any:
     return DriftDetected(
         kind="feature",
         detector="ks+chisquare",
         model_name=model_name,
-        model_version="1",
+        model_version=version,
         p_values={"torque_nm": 0.0, "tool_wear_min": 1e-9, "type": 0.4},
         threshold=0.05,
         drifted_features=["torque_nm", "tool_wear_min"],
         window={"start": rfc3339(), "end": rfc3339(), "size": 500},
-    ).to_event(source="/tests/retrain", subject=f"{model_name}/1")
+    ).to_event(source="/tests/retrain", subject=f"{model_name}/{version}")
 
 
 def _state(stack: Stack, model_name: str) -> dict[str, Any] | None:
@@ -180,3 +194,41 @@ def test_model_rejected_also_completes_the_retrain(serving: Stack) -> None:
         what="model.rejected to clear the in-flight retrain",
     )
     assert state["last_outcome"] == "rejected"
+
+
+def _mlflow(stack: Stack, path: str, doc: dict[str, Any]) -> None:
+    resp = urllib3.request(
+        "POST",
+        stack.config.url("mlflow") + f"/api/2.0/mlflow/{path}",
+        body=json.dumps(doc).encode(),
+        headers={"Content-Type": "application/json"},
+        retries=False,
+        timeout=30,
+    )
+    assert resp.status == 200, resp.data
+
+
+@pytest.mark.integration
+def test_drift_of_a_version_that_is_no_longer_champion_is_ignored(serving: Stack) -> None:
+    """Versions 1 and 2 registered, 2 champion: drift of 1 (e.g. a replica that had not swapped
+    yet) starts nothing and does not block the champion's drift."""
+    model_name = f"retrain-test-{uuid.uuid4().hex[:8]}"
+    _mlflow(serving, "registered-models/create", {"name": model_name})
+    for _ in range(2):
+        _mlflow(serving, "model-versions/create", {"name": model_name, "source": "s3://models/none"})
+    _mlflow(serving, "registered-models/alias", {"name": model_name, "alias": "champion", "version": "2"})
+
+    old = _drift(model_name, "1")
+    assert serving.post_event(old).status == 202
+    wait_until(
+        lambda: _decisions(serving, model_name, "not_champion") >= 1, 60, what="a not_champion decision"
+    )
+    assert recorded(serving, RETRAIN, subject=model_name) == []
+    assert _state(serving, model_name) is None  # nothing stored: nothing in flight
+
+    current = _drift(model_name, "2")
+    assert serving.post_event(current).status == 202
+    (request,) = wait_until(
+        lambda: recorded(serving, RETRAIN, subject=model_name), 60, what="the champion's retrain.requested"
+    )
+    assert request["data"]["drift_event_id"] == current.get_id()

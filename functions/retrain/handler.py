@@ -1,8 +1,9 @@
 """retrain-controller: drift → at most one retrain request per model at a time.
 
-* ``dev.faaspipe.drift.detected.v1`` → ``dev.faaspipe.retrain.requested.v1`` (reply) when no
-  retrain is in flight for the model and the cooldown after the last completed one is over
-  (``FAASPIPE_RETRAIN_COOLDOWN_SECONDS``, default 600); see ``policy.py``.
+* ``dev.faaspipe.drift.detected.v1`` → ``dev.faaspipe.retrain.requested.v1`` (reply) when the
+  drifted version is the model's champion (MLflow alias, read per event; drift of any other
+  version is ignored), no retrain is in flight for the model and the cooldown after the last
+  completed one is over (``FAASPIPE_RETRAIN_COOLDOWN_SECONDS``, default 600); see ``policy.py``.
 * ``dev.faaspipe.model.promoted.v1`` / ``model.rejected.v1`` of that model, decided after the
   request → the retrain completed: in-flight cleared, cooldown starts.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from prometheus_client import Counter
 
 from events import DriftDetected, ModelPromoted, ModelRejected, RetrainRequested
 from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on_drift
+from functions.retrain.registry import ChampionLookup
 from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.errors import EventRejected
@@ -65,14 +68,19 @@ class StateStore:
 
 
 _store: StateStore | None = None
+_registry: ChampionLookup | None = None
 _config = PolicyConfig()
 _model_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
 
 
 def init() -> None:
-    global _store, _config
+    global _store, _config, _registry
     _store = StateStore(settings.s3_client())
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    _registry = ChampionLookup(tracking_uri) if tracking_uri else None
+    if _registry is None:
+        log.warning("MLFLOW_TRACKING_URI is not set: drift of any model version is judged")
     _config = PolicyConfig.from_env()
     log.info(
         "retrain controller: cooldown %.0fs after a completed retrain, in-flight limit %.0fs",
@@ -96,14 +104,29 @@ def _reason(drift: DriftDetected) -> str:
 
 def _on_drift(event: CloudEvent, store: StateStore) -> CloudEvent | None:
     drift = DriftDetected.from_event(event)
+    champion = _registry.champion(drift.model_name) if _registry is not None else None
     now = datetime.now(UTC)
     with _lock_for(drift.model_name):
         state = store.load(drift.model_name)
-        decision, new_state = on_drift(state, event.get_id(), now, _config)
+        decision, new_state = on_drift(
+            state,
+            event.get_id(),
+            now,
+            _config,
+            drift_version=drift.model_version,
+            champion_version=champion,
+        )
         if new_state != state:
             store.save(new_state)
     DECISIONS.labels(drift.model_name, decision.action).inc()
-    log.info("drift %s on %s: %s (%s)", event.get_id(), drift.model_name, decision.action, decision.reason)
+    log.info(
+        "drift %s on %s v%s: %s (%s)",
+        event.get_id(),
+        drift.model_name,
+        drift.model_version,
+        decision.action,
+        decision.reason,
+    )
     if not decision.sends_request:
         return None
     return RetrainRequested(

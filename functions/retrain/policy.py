@@ -6,6 +6,11 @@
 * A request in flight for longer than ``max_in_flight_s`` is presumed lost (the trainer
   crashed, the event went to a dead letter) and no longer blocks a new one.
 * The same drift event again (a redelivery) gets the same request again, never a second one.
+* Only drift of the version serving now (the ``champion`` alias) counts: a window of an
+  older version (a replica that had not swapped yet, predictions still in flight when the
+  champion moved, leftovers flushed by time) says nothing about the model served now, so it
+  neither starts a retrain nor blocks (in flight) the champion's own drift. With no champion
+  known (no alias yet) every drift of the model counts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, Literal
 
 NAMESPACE = uuid.UUID("0c9e8a5d-3b1f-4e27-9f6a-2d8b4c7e1a93")
 
-Action = Literal["request", "repeat", "in_flight", "cooldown", "seen"]
+Action = Literal["request", "repeat", "in_flight", "cooldown", "seen", "not_champion"]
 
 
 @dataclass(frozen=True)
@@ -78,15 +83,26 @@ def _age_s(since: str | None, now: datetime) -> float | None:
 
 
 def on_drift(
-    state: RetrainState, drift_event_id: str, now: datetime, config: PolicyConfig
+    state: RetrainState,
+    drift_event_id: str,
+    now: datetime,
+    config: PolicyConfig,
+    *,
+    drift_version: str | None = None,
+    champion_version: str | None = None,
 ) -> tuple[Decision, RetrainState]:
-    """Decide about a drift event; returns the decision and the state to store."""
+    """Decide about a drift event of model version ``drift_version`` while ``champion_version``
+    serves (``None``: not known); returns the decision and the state to store."""
     if state.last_drift_event_id == drift_event_id:
         if state.in_flight_since is not None:
             return Decision(
                 "repeat", "redelivered drift event: repeating its request", state.in_flight_request_id
             ), state
         return Decision("seen", "redelivered drift event of a finished retrain"), state
+    if champion_version is not None and drift_version is not None and drift_version != champion_version:
+        return Decision(
+            "not_champion", f"drift of version {drift_version}, but version {champion_version} is champion"
+        ), state
     in_flight_age = _age_s(state.in_flight_since, now)
     if in_flight_age is not None and in_flight_age < config.max_in_flight_s:
         return Decision(

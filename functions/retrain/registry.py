@@ -1,0 +1,46 @@
+"""The champion alias as the retrain controller needs it: MLflow's REST API over urllib3.
+
+No mlflow client (the controller runs in the lean serving image). ``None`` means the model,
+or its ``champion`` alias, does not exist; an unreachable or failing registry raises
+``RegistryError`` (the broker retries the event, then dead-letters it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import urllib3
+
+CHAMPION = "champion"
+
+
+class RegistryError(RuntimeError):
+    """The MLflow registry could not be asked (down, or an unexpected answer)."""
+
+
+class ChampionLookup:
+    """Reads which version carries the ``champion`` alias of a registered model."""
+
+    def __init__(self, tracking_uri: str, http: urllib3.PoolManager | None = None) -> None:
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10))
+
+    def champion(self, model_name: str, alias: str = CHAMPION) -> str | None:
+        url = f"{self.tracking_uri}/api/2.0/mlflow/registered-models/alias"
+        try:
+            resp = self.http.request("GET", url, fields={"name": model_name, "alias": alias})
+        except urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"MLflow registry at {self.tracking_uri} unreachable: {exc}") from exc
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = json.loads(resp.data or b"{}")
+        if resp.status == 200:
+            return str(body["model_version"]["version"])
+        code, message = body.get("error_code"), str(body.get("message", ""))
+        if code == "RESOURCE_DOES_NOT_EXIST" or (
+            code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+        ):
+            return None
+        raise RegistryError(f"MLflow alias lookup answered {resp.status}: {resp.data[:300]!r}")
