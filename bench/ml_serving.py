@@ -71,6 +71,13 @@ def v2_body(row: dict[str, Any]) -> str:
 def direct_url(config: StackConfig) -> str:
     """``/predict`` on predict's first ready replica (from ``/status``), bypassing the gateway."""
     urls = ready_replica_urls(config, "predict")
+    if not urls:  # idled to zero since the last point: one request through the activator wakes it
+        import urllib3
+
+        urllib3.request("GET", config.function_url("predict") + "v2/health/ready", timeout=120, retries=False)
+        deadline = time.monotonic() + 60
+        while not (urls := ready_replica_urls(config, "predict")) and time.monotonic() < deadline:
+            time.sleep(0.2)
     if not urls:
         raise RuntimeError("predict has no ready replica to measure directly")
     return urls[0] + "/predict"

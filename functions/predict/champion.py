@@ -8,7 +8,6 @@ flight keep the model object they started with and none fails during a swap.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import urllib3
 import xgboost
 from minio import Minio
 from minio.error import S3Error
@@ -25,6 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from shared import layout
 from shared.contracts import Contract
+from shared.registry_alias import RegistryClient
 from shared.settings import read_object
 
 log = logging.getLogger("faaspipe.predict.champion")
@@ -36,39 +35,8 @@ SERVED_VERSION = Gauge(
 )
 
 
-class RegistryError(RuntimeError):
-    """The MLflow registry could not be asked (down, or an unexpected answer)."""
-
-
 class ArtefactError(RuntimeError):
     """A registered version's serving artefacts are missing or do not fit the contract."""
-
-
-class RegistryClient:
-    """Reads registry aliases over MLflow's REST API."""
-
-    def __init__(self, tracking_uri: str, http: urllib3.PoolManager | None = None) -> None:
-        self.tracking_uri = tracking_uri.rstrip("/")
-        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10))
-
-    def alias_version(self, model_name: str, alias: str) -> str | None:
-        """Version carrying ``alias`` on ``model_name``; ``None`` if the model or alias does not exist."""
-        url = f"{self.tracking_uri}/api/2.0/mlflow/registered-models/alias"
-        try:
-            resp = self.http.request("GET", url, fields={"name": model_name, "alias": alias})
-        except urllib3.exceptions.HTTPError as exc:
-            raise RegistryError(f"MLflow registry at {self.tracking_uri} unreachable: {exc}") from exc
-        body: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            body = json.loads(resp.data or b"{}")
-        if resp.status == 200:
-            return str(body["model_version"]["version"])
-        code, message = body.get("error_code"), str(body.get("message", ""))
-        if code == "RESOURCE_DOES_NOT_EXIST" or (
-            code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
-        ):
-            return None
-        raise RegistryError(f"MLflow alias lookup answered {resp.status}: {resp.data[:300]!r}")
 
 
 @dataclass(frozen=True)

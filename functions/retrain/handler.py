@@ -28,10 +28,10 @@ from prometheus_client import Counter
 
 from events import DriftDetected, ModelPromoted, ModelRejected, RetrainRequested
 from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on_drift
-from functions.retrain.registry import ChampionLookup
 from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.errors import EventRejected
+from shared.registry_alias import RegistryClient
 
 log = logging.getLogger("faaspipe.retrain")
 
@@ -68,7 +68,7 @@ class StateStore:
 
 
 _store: StateStore | None = None
-_registry: ChampionLookup | None = None
+_registry: RegistryClient | None = None
 _config = PolicyConfig()
 _model_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -78,7 +78,7 @@ def init() -> None:
     global _store, _config, _registry
     _store = StateStore(settings.s3_client())
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    _registry = ChampionLookup(tracking_uri) if tracking_uri else None
+    _registry = RegistryClient(tracking_uri) if tracking_uri else None
     if _registry is None:
         log.warning("MLFLOW_TRACKING_URI is not set: drift of any model version is judged")
     _config = PolicyConfig.from_env()
@@ -104,7 +104,7 @@ def _reason(drift: DriftDetected) -> str:
 
 def _on_drift(event: CloudEvent, store: StateStore) -> CloudEvent | None:
     drift = DriftDetected.from_event(event)
-    champion = _registry.champion(drift.model_name) if _registry is not None else None
+    champion = _registry.alias_version(drift.model_name) if _registry is not None else None
     now = datetime.now(UTC)
     with _lock_for(drift.model_name):
         state = store.load(drift.model_name)

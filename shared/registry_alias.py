@@ -1,8 +1,8 @@
-"""The champion alias as the retrain controller needs it: MLflow's REST API over urllib3.
+"""Which version carries a registry alias: MLflow's REST API over urllib3.
 
-No mlflow client (the controller runs in the lean serving image). ``None`` means the model,
-or its ``champion`` alias, does not exist; an unreachable or failing registry raises
-``RegistryError`` (the broker retries the event, then dead-letters it).
+No mlflow client, so the lean serving image (predict, retrain-controller) can ask. ``None``
+means the model, or the alias, does not exist; an unreachable or failing registry raises
+``RegistryError``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ class RegistryError(RuntimeError):
     """The MLflow registry could not be asked (down, or an unexpected answer)."""
 
 
-class ChampionLookup:
-    """Reads which version carries the ``champion`` alias of a registered model."""
+class RegistryClient:
+    """Reads registry aliases over MLflow's REST API."""
 
     def __init__(self, tracking_uri: str, http: urllib3.PoolManager | None = None) -> None:
         self.tracking_uri = tracking_uri.rstrip("/")
         self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=10))
 
-    def champion(self, model_name: str, alias: str = CHAMPION) -> str | None:
+    def alias_version(self, model_name: str, alias: str = CHAMPION) -> str | None:
+        """Version carrying ``alias`` on ``model_name``; ``None`` if the model or alias does not exist."""
         url = f"{self.tracking_uri}/api/2.0/mlflow/registered-models/alias"
         try:
             resp = self.http.request("GET", url, fields={"name": model_name, "alias": alias})
