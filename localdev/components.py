@@ -159,30 +159,20 @@ def mlflow(config: StackConfig) -> Child:
     )
 
 
+def _broker_process(config: StackConfig, name: str, module: str, port_name: str) -> Child:
+    argv = [sys.executable, "-m", module, "--state-dir", str(config.state_dir)]
+    health = config.url(port_name) + "/health/readiness"
+    return _child(config, name, argv, env={"PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT, health_url=health)
+
+
 def broker(config: StackConfig) -> Child:
     """The broker's ingress (CloudEvents in, appended to the broker topic)."""
-    argv = [sys.executable, "-m", "localdev.broker.server", "--state-dir", str(config.state_dir)]
-    return _child(
-        config,
-        "broker",
-        argv,
-        env={"PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        health_url=config.url("ingress") + "/health/readiness",
-    )
+    return _broker_process(config, "broker", "localdev.broker.server", "ingress")
 
 
 def dispatcher(config: StackConfig) -> Child:
     """The broker's trigger dispatchers, in their own process beside the ingress."""
-    argv = [sys.executable, "-m", "localdev.broker.dispatch_server", "--state-dir", str(config.state_dir)]
-    return _child(
-        config,
-        "dispatcher",
-        argv,
-        env={"PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        health_url=config.url("dispatcher") + "/health/readiness",
-    )
+    return _broker_process(config, "dispatcher", "localdev.broker.dispatch_server", "dispatcher")
 
 
 def function_replica(config: StackConfig, fn: Function, index: int, port: int) -> Child:

@@ -142,7 +142,11 @@ def test_a_burst_of_drift_starts_exactly_one_retrain_until_promoted(serving: Sta
         60,
         what="the controller to decide on all 12 drift events",
     )
-    requests = recorded(serving, RETRAIN, subject=model_name)
+    # one decision was "request": its reply travels through the broker to the recorder after
+    # the decision is counted, so wait for it (the other eleven emit nothing)
+    requests = wait_until(
+        lambda: recorded(serving, RETRAIN, subject=model_name), 60, what="the retrain request delivered"
+    )
     assert len({r["id"] for r in requests}) == 1, requests
     request = requests[0]["data"]
     assert request["model_name"] == model_name and request["requested_by"] == "retrain-controller"

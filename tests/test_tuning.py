@@ -319,7 +319,13 @@ def test_watchdog_closes_a_study_whose_trials_never_report(stack: Any) -> None:
     )
     assert closed["failure"]["stop_reason"] == "budget_time"
     assert closed["completion"] is None  # no trial succeeded: failed, nothing to train
-    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+    # the run is closed after the state is written: wait for it rather than read it once
+    wait_until(
+        lambda: client.get_run(parent.info.run_id).info.status == "FAILED",
+        timeout=60,
+        interval=1.0,
+        what="the study's MLflow run marked FAILED",
+    )
 
 
 @pytest.fixture(scope="module")
