@@ -50,5 +50,6 @@ export default function () {
 }
 
 export function handleSummary(data) {
-  return { [__ENV.SUMMARY]: JSON.stringify(data) };
+  // Without SUMMARY, k6 would write a file literally named "undefined": print it instead.
+  return { [__ENV.SUMMARY || "stdout"]: JSON.stringify(data) };
 }
