@@ -1,26 +1,27 @@
-"""The local autoscaler: applies the KEDA/KPA decisions of scaling_policy to real processes.
+"""The local autoscaler: applies KEDA's and Knative's decisions to real processes.
 
-Per function, every ``pollingInterval``: the true lag of each of its triggers' consumer groups
-(KEDA; the function's replica count is the max over its triggers, as an HPA with several
-metrics takes the max) and the request concurrency the gateway measured (KPA); the higher
-count wins. Scaling up starts replica processes; scaling down drains the newest ones.
+Per function, every ``pollingInterval``: KEDA's decision (``localdev/keda``) over its
+triggers' consumer groups, on the raw Kafka lag of each group as KEDA's kafka scaler reads
+it on the cluster, so the same backlog gives the same replica count in both places; and
+the KPA's over the request concurrency the gateway measured. The higher count wins.
+Scaling up starts replica processes; scaling down drains the newest ones.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import urllib3
 from kafka import KafkaAdminClient, KafkaConsumer
 
 from localdev.gateway import Gateway
-from localdev.scaling_policy import ScaleState, keda_desired, kpa_desired
+from localdev.keda.executor import Bounds, HpaState, decide
+from localdev.keda.lag import PartitionOffsets, TriggerLag, total_lag
+from localdev.scaling_policy import ScaleState, kpa_desired
 from localdev.topology import Function, Trigger
 from shared.kafka_offsets import group_lag, offsets_consumer
 
@@ -30,60 +31,36 @@ log = logging.getLogger("faaspipe.autoscaler")
 @dataclass
 class FunctionScaling:
     function: Function
-    keda: ScaleState = field(default_factory=ScaleState)
+    hpa: HpaState = field(default_factory=HpaState)
     kpa: ScaleState = field(default_factory=ScaleState)
+    previous: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)  # excludePersistentLag
     next_poll: float = 0.0
-    lag: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, TriggerLag] = field(default_factory=dict)
     desired: int = 0
     last_event: str = ""
     last_event_at: float | None = None
     reason: str = ""  # why the latest poll wants ``desired`` (also when nothing changed)
+    rule: str = ""  # the rule behind it: threshold, cap, activation, cooldown, stabilisation, min, kpa
     last_error: str = ""
 
 
 class LagReader:
-    """A trigger's backlog: the undelivered events its filters match.
+    """The committed and log-end offsets of a trigger's consumer group on its topic: what
+    KEDA's kafka scaler reads (every record of the topic, whether the trigger's filters
+    match it or not), with Tansu's log end corrected (``shared/kafka_offsets.py``)."""
 
-    The group's Kafka lag counts every unconsumed event of the broker topic, also those the
-    trigger's filter will skip, so an idle function would wake for unrelated traffic. While
-    the dispatcher is not saturated it has read everything there is, and its count of active
-    (matching, undelivered) events is exact; when it is saturated, the true Kafka lag of the
-    group is used (KEDA's number, an upper bound).
-    """
-
-    def __init__(self, bootstrap: str, topic: str, dispatcher_url: str | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
-        self.dispatcher_url = dispatcher_url
         self._clients: dict[str, tuple[KafkaAdminClient, KafkaConsumer]] = {}
-        self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=2.0))
-        self._backlog: dict[str, dict[str, object]] = {}
 
-    def refresh(self) -> None:
-        """Read every dispatcher's backlog once per autoscaler round."""
-        if not self.dispatcher_url:
-            return
-        try:
-            resp = self._http.request("GET", self.dispatcher_url + "/triggers")
-            self._backlog = json.loads(resp.data) if resp.status == 200 else {}
-        except (urllib3.exceptions.HTTPError, ValueError):
-            self._backlog = {}
+    def topic_of(self, trigger: Trigger) -> str:
+        return trigger.topic or self.topic
 
-    def partitions(self) -> int:
-        _, consumer = self._client("_partitions")
-        return len(consumer.partitions_for_topic(self.topic) or ())
-
-    def lag(self, trigger: Trigger) -> int:
-        known = self._backlog.get(trigger.name)
-        if known is not None and not known.get("saturated"):
-            return int(known.get("active", 0))  # type: ignore[call-overload]
+    def offsets(self, trigger: Trigger) -> list[PartitionOffsets]:
         admin, consumer = self._client(trigger.name)
-        return group_lag(
-            self.bootstrap,
-            trigger.consumer_group,
-            trigger.topic or self.topic,
-            admin=admin,
-            consumer=consumer,
-        ).total
+        topic = self.topic_of(trigger)
+        lag = group_lag(self.bootstrap, trigger.consumer_group, topic, admin=admin, consumer=consumer)
+        return [PartitionOffsets(topic, p.partition, p.committed, p.end) for p in lag.partitions]
 
     def _client(self, key: str) -> tuple[KafkaAdminClient, KafkaConsumer]:
         if key not in self._clients:
@@ -116,44 +93,49 @@ class Autoscaler(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        partitions = self.lag_reader.partitions()
         while not self.stop_event.wait(0.25):
             self.gateway.sample()
-            self.lag_reader.refresh()
             now = time.monotonic()
             for fs in self.state.values():
                 if now < fs.next_poll:
                     continue
                 fs.next_poll = now + fs.function.scaling.polling_interval_s
                 try:
-                    self._decide(fs, partitions, now)
+                    self._decide(fs, now)
                     fs.last_error = ""
                 except Exception as exc:  # noqa: BLE001 - a failed poll must not stop autoscaling
                     log.exception("autoscaling %s failed", fs.function.name)
                     fs.last_error = f"{type(exc).__name__}: {exc}"
         self.lag_reader.close()
 
-    def _decide(self, fs: FunctionScaling, partitions: int, now: float) -> None:
+    def _decide(self, fs: FunctionScaling, now: float) -> None:
         fn, policy = fs.function, fs.function.scaling
         current = self.current(fn.name)
-        candidates: list[tuple[int, str]] = []
+        candidates: list[tuple[int, str, str]] = []
         if fn.subscriptions:
-            fs.lag = {t.name: self.lag_reader.lag(t) for t in fn.subscriptions}
-            per_trigger = []
-            for trigger in fn.subscriptions:
-                state = ScaleState(last_active=fs.keda.last_active, lower_since=fs.keda.lower_since)
-                per_trigger.append(
-                    (keda_desired(fs.lag[trigger.name], partitions, current, policy, state, now), state)
+            fs.lag = {
+                t.name: total_lag(
+                    self.lag_reader.offsets(t),
+                    policy.keda,
+                    fs.previous.setdefault(t.name, {}),
+                    topic=self.lag_reader.topic_of(t),
                 )
-            (count, reason), chosen = max(per_trigger, key=lambda item: item[0][0])
-            fs.keda.last_active = max(s.last_active for _, s in per_trigger)
-            fs.keda.lower_since = chosen.lower_since
-            candidates.append((count, reason))
+                for t in fn.subscriptions
+            }
+            bounds = Bounds(
+                policy.min_replicas,
+                policy.max_replicas,
+                policy.cooldown_period_s,
+                policy.scale_down_stabilization_s,
+            )
+            keda = decide([(lag, policy.keda) for lag in fs.lag.values()], current, bounds, fs.hpa, now)
+            candidates.append((keda.replicas, keda.rule, f"KEDA {keda.rule}: {keda.reason}"))
         stats = self.gateway.stats[fn.name]
         stable, panic = stats.averages(now)
-        candidates.append(kpa_desired(stable, panic, stats.idle_seconds(now), current, policy, fs.kpa, now))
-        desired, reason = max(candidates, key=lambda c: c[0])
-        fs.desired, fs.reason = desired, reason
+        count, reason = kpa_desired(stable, panic, stats.idle_seconds(now), current, policy, fs.kpa, now)
+        candidates.append((count, "kpa", f"KPA: {reason}"))
+        desired, rule, reason = max(candidates, key=lambda c: c[0])
+        fs.desired, fs.rule, fs.reason = desired, rule, reason
         if desired != current:
             fs.last_event = f"{current} -> {desired}: {reason}"
             fs.last_event_at = time.time()
@@ -166,7 +148,9 @@ class Autoscaler(threading.Thread):
         cold = [seconds for fn, seconds in self.gateway.cold_starts if fn == name]
         return {
             "desired": fs.desired,
-            "lag": fs.lag,
+            "lag": {name: lag.raw for name, lag in fs.lag.items()},
+            "lag_metric": {name: lag.metric for name, lag in fs.lag.items()},
+            "rule": fs.rule or None,
             "in_flight": stats.in_flight,
             "held": stats.held,
             "decision": fs.reason,

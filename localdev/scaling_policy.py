@@ -1,19 +1,9 @@
-"""Replica-count decisions, as KEDA's kafka scaler and Knative's KPA make them. Pure logic.
-
-KEDA (event functions, per trigger consumer group):
-- active when lag > ``activationLagThreshold`` (or already running and lag > 0);
-- desired = ceil(lag / ``lagThreshold``), capped at the topic's partitions (KEDA's default
-  without ``allowIdleConsumers``: more consumers than partitions would idle) and at
-  ``maxReplicaCount``, at least max(1, ``minReplicaCount``) while active;
-- back to ``minReplicaCount`` (may be 0) only after ``cooldownPeriod`` with no activity;
-- a step down (N → M ≥ 1) waits ``scaleDownStabilization`` seconds (HPA behaviour).
-Lag is the true number of undelivered events (see shared/kafka_offsets.py); a group that has
-never committed counts 0 (faaspipe initialises offsets before a trigger is ready), so the
-invalid-offset cases that make KEDA scale to max (keda#2612) cannot arise.
+"""Replica-count decisions for request traffic, as Knative's KPA makes them. Pure logic.
 
 Knative KPA (http functions): desired = ceil(concurrency / target) over the stable window
 (or the panic window when that is higher), between min and max; to zero after the
 scale-to-zero grace period without requests. The activator holds requests meanwhile.
+Lag scaling is KEDA's, ported in ``localdev/keda/``.
 """
 
 from __future__ import annotations
@@ -33,30 +23,6 @@ class ScaleState:
     last_event: str = ""  # last scale decision, for `faaspipe status`
     last_event_at: float = 0.0
     history: list[tuple[float, int, str]] = field(default_factory=list)
-
-
-def keda_desired(
-    lag: int, partitions: int, current: int, policy: Scaling, state: ScaleState, now: float
-) -> tuple[int, str]:
-    """Replica count for a consumer lag, with the reason."""
-    active = lag > policy.activation_lag_threshold or (current > 0 and lag > 0)
-    if active:
-        state.last_active = now
-        want = math.ceil(lag / max(1, policy.lag_threshold))
-        capped = min(want, max(1, partitions), policy.max_replicas)
-        target = max(capped, 1, policy.min_replicas)
-        reason = f"lag {lag} / threshold {policy.lag_threshold} -> {want}"
-        if capped < want:
-            reason += f", capped at {capped} (partitions {partitions}, max {policy.max_replicas})"
-    elif current > policy.min_replicas and now - state.last_active < policy.cooldown_period_s:
-        return (
-            current,
-            f"idle, cooling down ({now - state.last_active:.0f}s of {policy.cooldown_period_s:.0f}s)",
-        )
-    else:
-        target = policy.min_replicas
-        reason = f"lag {lag} <= activation threshold {policy.activation_lag_threshold}, cooldown over"
-    return _stabilised(target, current, policy, state, now, reason)
 
 
 def kpa_desired(

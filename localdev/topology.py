@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from localdev.keda.metadata import OPTIONS as KEDA_OPTIONS
+from localdev.keda.metadata import KafkaScalerMetadata, KedaMetadataError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FUNCTION_DIRS = (REPO_ROOT / "functions",)
 KINDS = ("event", "http", "source")
@@ -87,8 +90,9 @@ class Scaling:
 
     min_replicas: int = 1
     max_replicas: int = 1
-    lag_threshold: int = 10
-    activation_lag_threshold: int = 0
+    # KEDA kafka-trigger options (lagThreshold, activationLagThreshold, allowIdleConsumers ...),
+    # with KEDA's names and defaults; validated as KEDA validates them.
+    keda: KafkaScalerMetadata = field(default_factory=KafkaScalerMetadata)
     cooldown_period_s: float = 60.0
     polling_interval_s: float = 1.0
     concurrency_target: int = 10
@@ -97,6 +101,14 @@ class Scaling:
     # concurrency is averaged over it, and the last replica goes only after a whole window
     # without requests. None until load_function resolves the kind's default.
     stable_window_s: float | None = None
+
+    @property
+    def lag_threshold(self) -> int:
+        return self.keda.lag_threshold
+
+    @property
+    def activation_lag_threshold(self) -> int:
+        return self.keda.activation_lag_threshold
 
     @property
     def window_s(self) -> float:
@@ -182,20 +194,27 @@ def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
     ``cooldownPeriod`` (within 6-60 s), so they return to zero after the KEDA cooldown rather
     than after a minute of KPA window."""
     names = {
-        "minReplicaCount": "min_replicas",
-        "maxReplicaCount": "max_replicas",
-        "lagThreshold": "lag_threshold",
-        "activationLagThreshold": "activation_lag_threshold",
-        "cooldownPeriod": "cooldown_period_s",
-        "pollingInterval": "polling_interval_s",
-        "concurrencyTarget": "concurrency_target",
-        "scaleDownStabilization": "scale_down_stabilization_s",
-        "stableWindow": "stable_window_s",
+        "minReplicaCount": ("min_replicas", int, 0),
+        "maxReplicaCount": ("max_replicas", int, 1),
+        "cooldownPeriod": ("cooldown_period_s", float, 0),
+        "pollingInterval": ("polling_interval_s", float, 0.1),
+        "concurrencyTarget": ("concurrency_target", int, 1),
+        "scaleDownStabilization": ("scale_down_stabilization_s", float, 0),
+        "stableWindow": ("stable_window_s", float, 0),
     }
-    unknown = set(doc) - set(names)
+    known = sorted([*names, *KEDA_OPTIONS])
+    unknown = set(doc) - set(known)
     if unknown:
-        raise TopologyError(f"{where}.scaling: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
-    scaling = Scaling(**{names[k]: v for k, v in doc.items()})
+        raise TopologyError(f"{where}.scaling: unknown field(s) {sorted(unknown)}; known: {known}")
+    values: dict[str, Any] = {}
+    for key, (attribute, number_type, minimum) in names.items():
+        if key in doc:
+            values[attribute] = _number(doc[key], number_type, minimum, f"{where}.scaling.{key}")
+    try:
+        values["keda"] = KafkaScalerMetadata.parse({k: v for k, v in doc.items() if k in KEDA_OPTIONS})
+    except KedaMetadataError as exc:
+        raise TopologyError(f"{where}.scaling.{exc.field}: {exc.detail} (KEDA's rule)") from exc
+    scaling = Scaling(**values)
     if scaling.stable_window_s is None:
         window = KPA_DEFAULT_WINDOW_S
         if kind != "http":
@@ -207,9 +226,23 @@ def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
             f"{where}.scaling.stableWindow must be between {low:.0f} and {high:.0f} seconds "
             f"(Knative's range), got {scaling.stable_window_s}"
         )
-    if not 0 <= scaling.min_replicas <= scaling.max_replicas or scaling.max_replicas < 1:
-        raise TopologyError(f"{where}.scaling: need 0 <= minReplicaCount <= maxReplicaCount, max >= 1")
+    if scaling.min_replicas > scaling.max_replicas:
+        raise TopologyError(
+            f"{where}.scaling.minReplicaCount ({scaling.min_replicas}) must not exceed "
+            f"maxReplicaCount ({scaling.max_replicas})"
+        )
     return scaling
+
+
+def _number(value: Any, kind: type, minimum: float, where: str) -> Any:
+    """A numeric scaling field, refused (naming it) unless it is a ``kind`` >= ``minimum``."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and kind is int and not float(value).is_integer():
+        ok = False
+    if not ok or value < minimum:
+        what = "an integer" if kind is int else "a number"
+        raise TopologyError(f"{where} must be {what} >= {minimum:g}, got {value!r}")
+    return kind(value)
 
 
 def load_function(path: Path) -> Function:

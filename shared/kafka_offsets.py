@@ -56,7 +56,8 @@ def true_end_offsets(
     nothing new for it or it already brought new records ``max_tail_polls`` times (a busy
     producer: the tail moves on forever, and a slightly older end is as good). Result:
     ``max(reported, last offset read + 1, position)``; partitions still being read at
-    ``timeout_s`` get the best value seen so far, never below the reported end.
+    ``timeout_s`` get the best value seen so far, never below the reported end. A partition
+    the end-offsets answer lacks is not in the result.
 
     ``consumer`` must be group-less (``group_id=None``; see :func:`offsets_consumer`); its
     assignment is replaced by ``partitions`` and left paused. It only reads record offsets
@@ -70,7 +71,8 @@ def true_end_offsets(
     reported: dict[TopicPartition, int] = dict(
         consumer.end_offsets(partitions, timeout_ms=int(timeout_s * 1000))
     )
-    ends = {tp: int(reported[tp] or 0) for tp in partitions}
+    # A partition missing from the answer is left out (KEDA counts it as lag 0, not an error).
+    ends = {tp: int(reported[tp] or 0) for tp in partitions if tp in reported}
     start = {tp: end - 1 for tp, end in ends.items() if end > 0}
     if not start:
         return ends
@@ -117,7 +119,7 @@ def true_end_offsets(
 class PartitionLag:
     partition: int
     committed: int | None
-    end: int
+    end: int | None  # None: missing from the end-offsets answer
     lag: int
 
 
@@ -155,11 +157,10 @@ def group_lag(
     autoscaler does, every second); clients created here are closed before returning.
     An unknown topic gives no partitions (total 0).
 
-    A partition the group never committed (no entry, or offset -1) counts as lag 0 with
-    ``committed=None``: faaspipe initialises a trigger's group offsets to the log end
-    before the trigger reports ready, so a never-committed group only exists before
-    readiness, and counting it as 0 avoids KEDA's scale-to-max on invalid offsets. A
-    committed offset beyond the end (a stale end) is clamped to lag 0.
+    ``lag`` is the plain difference: a partition the group never committed (no entry, or
+    offset -1) has ``committed=None`` and lag 0, one missing from the end-offsets answer
+    ``end=None`` and lag 0, and a committed offset beyond the end (a stale end) lag 0. The
+    autoscaler applies KEDA's rules to ``committed`` and ``end`` itself (``localdev/keda``).
     """
     own_admin = admin is None
     own_consumer = consumer is None
@@ -178,8 +179,9 @@ def group_lag(
             meta = committed.get(tp)
             offset = getattr(meta, "offset", meta)
             offset = None if offset is None or offset < 0 else int(offset)
-            lag = 0 if offset is None else max(0, ends[tp] - offset)
-            result.partitions.append(PartitionLag(tp.partition, offset, ends[tp], lag))
+            end = ends.get(tp)
+            lag = 0 if offset is None or end is None else max(0, end - offset)
+            result.partitions.append(PartitionLag(tp.partition, offset, end, lag))
         return result
     finally:
         if own_consumer and consumer is not None:
