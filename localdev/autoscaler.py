@@ -1,26 +1,34 @@
 """The local autoscaler: applies KEDA's and Knative's decisions to real processes.
 
 Per function, every ``pollingInterval``: KEDA's decision (``localdev/keda``) over its
-triggers' consumer groups, on the raw Kafka lag of each group as KEDA's kafka scaler reads
-it on the cluster, so the same backlog gives the same replica count in both places; and
-the KPA's over the request concurrency the gateway measured. The higher count wins.
-Scaling up starts replica processes; scaling down drains the newest ones.
+triggers' lag, and the KPA's over the request concurrency the gateway measured; the higher
+count wins. Scaling up starts replica processes; scaling down drains the newest ones.
+
+The lag is each trigger's backlog: the events its filters match that are not delivered
+yet, exact while its dispatcher keeps up, and KEDA's raw consumer-group lag (every
+unconsumed record of the topic, with all of KEDA's per-partition rules) while the
+dispatcher is saturated. On the cluster KEDA reads the raw lag, but its decision scales
+the trigger's dispatcher, not the function; applied here to function replicas, the raw
+lag woke ``predict`` (minReplicaCount 0) for other functions' events and held a second
+``trial`` behind a long delivery (measured in the CI run of this change): see README.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import urllib3
 from kafka import KafkaAdminClient, KafkaConsumer
 
 from localdev.gateway import Gateway
 from localdev.keda.executor import Bounds, HpaState, decide
-from localdev.keda.lag import PartitionOffsets, TriggerLag, total_lag
+from localdev.keda.lag import PartitionOffsets, TriggerLag, backlog_lag, total_lag
 from localdev.scaling_policy import ScaleState, kpa_desired
 from localdev.topology import Function, Trigger
 from shared.kafka_offsets import group_lag, offsets_consumer
@@ -45,13 +53,37 @@ class FunctionScaling:
 
 
 class LagReader:
-    """The committed and log-end offsets of a trigger's consumer group on its topic: what
-    KEDA's kafka scaler reads (every record of the topic, whether the trigger's filters
-    match it or not), with Tansu's log end corrected (``shared/kafka_offsets.py``)."""
+    """A trigger's backlog from its dispatcher (``/triggers``), and the committed and log-end
+    offsets of its consumer group, what KEDA's kafka scaler reads, with Tansu's log end
+    corrected (``shared/kafka_offsets.py``)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, dispatcher_url: str | None = None) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.dispatcher_url = dispatcher_url
         self._clients: dict[str, tuple[KafkaAdminClient, KafkaConsumer]] = {}
+        self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=2.0))
+        self._backlog: dict[str, dict[str, object]] = {}
+
+    def refresh(self) -> None:
+        """Read every trigger's backlog from the dispatcher once per autoscaler round."""
+        if not self.dispatcher_url:
+            return
+        try:
+            resp = self._http.request("GET", self.dispatcher_url + "/triggers")
+            self._backlog = json.loads(resp.data) if resp.status == 200 else {}
+        except (urllib3.exceptions.HTTPError, ValueError):
+            self._backlog = {}
+
+    def backlog(self, trigger: Trigger) -> int | None:
+        """Matching undelivered events, exact while the dispatcher is not saturated; else None."""
+        known = self._backlog.get(trigger.name)
+        if known is None or known.get("saturated"):
+            return None
+        return int(str(known.get("active", 0)))
+
+    def partitions(self, trigger: Trigger) -> int:
+        _, consumer = self._client(trigger.name)
+        return len(consumer.partitions_for_topic(self.topic_of(trigger)) or ())
 
     def topic_of(self, trigger: Trigger) -> str:
         return trigger.topic or self.topic
@@ -95,6 +127,7 @@ class Autoscaler(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(0.25):
             self.gateway.sample()
+            self.lag_reader.refresh()
             now = time.monotonic()
             for fs in self.state.values():
                 if now < fs.next_poll:
@@ -113,15 +146,7 @@ class Autoscaler(threading.Thread):
         current = self.current(fn.name)
         candidates: list[tuple[int, str, str]] = []
         if fn.subscriptions:
-            fs.lag = {
-                t.name: total_lag(
-                    self.lag_reader.offsets(t),
-                    policy.keda,
-                    fs.previous.setdefault(t.name, {}),
-                    topic=self.lag_reader.topic_of(t),
-                )
-                for t in fn.subscriptions
-            }
+            fs.lag = {t.name: self._lag(fs, t) for t in fn.subscriptions}
             bounds = Bounds(
                 policy.min_replicas,
                 policy.max_replicas,
@@ -141,6 +166,15 @@ class Autoscaler(threading.Thread):
             fs.last_event_at = time.time()
             log.info("scale %s %s", fn.name, fs.last_event)
             self.scale_to(fn.name, desired, reason)
+
+    def _lag(self, fs: FunctionScaling, trigger: Trigger) -> TriggerLag:
+        keda = fs.function.scaling.keda
+        backlog = self.lag_reader.backlog(trigger)
+        if backlog is not None:
+            return backlog_lag(backlog, self.lag_reader.partitions(trigger), keda)
+        offsets = self.lag_reader.offsets(trigger)
+        previous = fs.previous.setdefault(trigger.name, {})
+        return total_lag(offsets, keda, previous, topic=self.lag_reader.topic_of(trigger))
 
     def status(self, name: str) -> dict[str, object]:
         fs = self.state[name]

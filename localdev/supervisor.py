@@ -176,7 +176,9 @@ class Supervisor:
         # triggers first: an event the ingress accepts is never older than their consumer groups
         self._start(components.dispatcher(self.config), timeout)
         self._start(components.broker(self.config), timeout)
-        lag_reader = LagReader(self.config.kafka_bootstrap, self.config.broker_topic)
+        lag_reader = LagReader(
+            self.config.kafka_bootstrap, self.config.broker_topic, self.config.url("dispatcher")
+        )
         self.autoscaler = Autoscaler(
             [fr.function for fr in self.functions.values()],
             self.gateway,

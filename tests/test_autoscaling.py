@@ -51,8 +51,7 @@ def scale_events(stack: Stack, since: int) -> list[tuple[int, int, str]]:
 def test_lag_scales_an_event_function_from_zero_and_back(stack: Stack) -> None:
     """KEDA's sequence (localdev/keda): activation 0 -> 1, the HPA up to the cap, an immediate
     step down to 1 as the lag drains (scaleDownStabilization 0), then 0 only by the cooldown."""
-    # minReplicaCount 0: no process while idle. KEDA reads the raw group lag, so other tests'
-    # events on the broker topic can wake it briefly, as on the cluster: wait for 0.
+    # minReplicaCount 0: no process while idle (an earlier test may still be cooling it down)
     wait_until(lambda: live_replicas(stack, "slow") == 0, 60, what="slow idle at zero")
     since = (stack.state_dir / "logs" / "supervisor.log").stat().st_size
     events = [

@@ -197,6 +197,10 @@ NOT_PORTED = {
     "scale_scaledobjects_test.go *IdleReplicas*": "idleReplicaCount is not a topology option",
     "scale_scaledobjects_test.go *Pause*, *Forced*": "pause/force annotations are not topology options",
     "scale_scaledobjects_test.go *HPAHealth*": "condition reporting, no replica decision",
+    "kafka_scaler.go getTopicPartitions without a topic (every topic of the group)": (
+        "each faaspipe consumer group reads exactly one topic, which the topology names; "
+        "total_lag(topic=None) keeps KEDA's rule that partitionLimitation is then ignored"
+    ),
 }
 
 
@@ -370,6 +374,18 @@ def test_total_lag(
 ) -> None:
     result = total_lag(_parts(lags), KafkaScalerMetadata.parse(options), {}, topic="t")
     assert (result.metric, result.capped_at) == (metric, capped_at), source
+
+
+def test_a_backlog_count_is_capped_as_kafka_lag_is() -> None:
+    """localdev's backlog form (localdev/autoscaler.py) goes through getTotalLag's cap."""
+    from localdev.keda.lag import backlog_lag
+
+    assert (
+        backlog_lag(100, 4, KafkaScalerMetadata()).metric,
+        backlog_lag(100, 4, KafkaScalerMetadata()).capped_at,
+    ) == (40, 4)
+    idle = KafkaScalerMetadata(allow_idle_consumers=True)
+    assert backlog_lag(100, 4, idle).metric == 100
 
 
 def test_partition_missing_from_end_offsets_is_skipped_not_an_error() -> None:

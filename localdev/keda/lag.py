@@ -21,6 +21,7 @@ from localdev.keda.metadata import KafkaScalerMetadata
 __all__ = [
     "PartitionOffsets",
     "TriggerLag",
+    "backlog_lag",
     "find_factors",
     "is_active",
     "lag_for_partition",
@@ -109,24 +110,40 @@ def total_lag(
             with_lag += 1
         if with_persistent > lag:
             stuck.append((p.topic, p.partition))
-    raw = total
-    count = len(chosen)
-    capped_at = None
-    threshold = meta.lag_threshold
+    return _capped(total, persistent_total, len(chosen), with_lag, meta, stuck)
+
+
+def backlog_lag(backlog: int, partitions: int, meta: KafkaScalerMetadata) -> TriggerLag:
+    """A trigger's lag given as one count of undelivered events, capped as KEDA caps lag
+    (``partitions``: the trigger topic's; those with lag are bounded by the count)."""
+    return _capped(backlog, backlog, partitions, min(backlog, partitions), meta, [])
+
+
+def _capped(
+    total: int,
+    persistent_total: int,
+    partitions: int,
+    with_lag: int,
+    meta: KafkaScalerMetadata,
+    stuck: list[tuple[str, int]],
+) -> TriggerLag:
+    """``getTotalLag``'s cap: without ``allowIdleConsumers`` no more consumers than partitions
+    (or than partitions with lag), and ``ensureEvenDistributionOfPartitions``."""
+    raw, capped_at, threshold = total, None, meta.lag_threshold
     if (
         not meta.allow_idle_consumers
         or meta.limit_to_partitions_with_lag
         or meta.ensure_even_distribution_of_partitions
     ):
-        upper = count
+        upper = partitions
         if meta.ensure_even_distribution_of_partitions:
-            total = next_balancing_factor(total, count, threshold) * threshold
+            total = next_balancing_factor(total, partitions, threshold) * threshold
         if meta.limit_to_partitions_with_lag:
             upper = with_lag
         if total // threshold > upper:
             total = upper * threshold
             capped_at = upper
-    return TriggerLag(total, persistent_total, raw, count, with_lag, capped_at, stuck)
+    return TriggerLag(total, persistent_total, raw, partitions, with_lag, capped_at, stuck)
 
 
 def find_factors(n: int) -> list[int]:
