@@ -29,6 +29,12 @@ def strict_types_from_env(env: dict[str, str] | None = None) -> bool:
     return value in ("1", "true")
 
 
+def is_checked(event_type: str, *, strict_types: bool) -> bool:
+    """Whether :func:`admit` looks beyond the type: False means a foreign type admitted as is
+    (so a caller holding raw bytes need not build an SDK event for it)."""
+    return strict_types or event_type.startswith(NAMESPACE) or is_known(event_type)
+
+
 def admit(event: BaseCloudEvent, *, strict_types: bool) -> bool:
     """Check ``event`` may enter; True when it is a foreign (non-catalogue) type admitted as is.
 

@@ -33,8 +33,10 @@ class EventLog:
         for tp in self.partitions:
             if from_beginning:
                 self.consumer.seek_to_beginning(tp)
-            else:
+            elif tp in ends:
                 self.consumer.seek(tp, ends[tp])
+            else:  # missing from the end-offsets answer
+                self.consumer.seek_to_end(tp)
 
     def events(self, timeout_s: float | None = None) -> Iterator[CloudEvent]:
         """Events as they arrive (for ``timeout_s`` seconds, or forever).

@@ -164,18 +164,26 @@ def broker_topic(namespace: str) -> str:
 
 
 def knative_filters(filters: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Topology filters → Knative ``spec.filters`` (same dialects; legacy ``attributes`` = ``exact``)."""
+    """Topology filters → Knative ``spec.filters``.
+
+    Knative's webhook takes one attribute per ``exact``/``prefix``/``suffix`` map, so a map of
+    several becomes one filter per attribute (all must hold, as before; inside ``not`` they
+    are wrapped in ``all``). The legacy top-level ``attributes`` becomes ``exact`` filters,
+    leaving out its empty values, which match any value."""
     out: list[dict[str, Any]] = []
     for flt in filters:
         ((dialect, arg),) = flt.items()
         if dialect in ("all", "any"):
             out.append({dialect: knative_filters(arg)})
         elif dialect == "not":
-            out.append({"not": knative_filters([arg])[0]})
+            inner = knative_filters([arg])
+            out.append({"not": inner[0] if len(inner) == 1 else {"all": inner}})
+        elif dialect == "cesql":
+            out.append({"cesql": arg})
         else:
-            out.append(
-                {"exact" if dialect == "attributes" else dialect: {str(k): str(v) for k, v in arg.items()}}
-            )
+            name = "exact" if dialect == "attributes" else dialect
+            pairs = [(str(k), str(v)) for k, v in arg.items() if not (dialect == "attributes" and v == "")]
+            out.extend({name: {k: v}} for k, v in pairs)
     return out
 
 
@@ -193,6 +201,10 @@ def knative_delivery(delivery: Delivery) -> dict[str, Any]:
     }
     if delivery.dead_letter_sink:
         spec["deadLetterSink"] = {"ref": dlq_ref()}
+    if delivery.retry_after_max is not None:
+        spec["retryAfterMax"] = delivery.retry_after_max  # Knative feature delivery-retryafter
+    if delivery.format is not None:
+        spec["format"] = delivery.format
     return spec
 
 
@@ -329,6 +341,8 @@ def knative_trigger(fn: Function, trigger: Trigger) -> dict[str, Any]:
     }
     if trigger.filters:
         spec["filters"] = knative_filters(trigger.filters)
+    if trigger.path:  # Knative resolves a relative uri against the ref's address
+        spec["subscriber"]["uri"] = trigger.path
     return {
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Trigger",
@@ -823,9 +837,12 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
   `kafka-broker-config` (to reuse an existing topic such as localdev's `faaspipe.broker`, add
   the annotation `kafka.eventing.knative.dev/external.topic`). Its default delivery and every
   trigger's `deadLetterSink` is the KafkaSink `{dlq_sink}` writing to topic `{dlq_topic}`.
-- **Triggers**: `spec.filters` are the topology's filters unchanged (Knative's exact, prefix,
-  suffix, all, any, not; the legacy `attributes` becomes `exact`); `spec.delivery` is the
-  topology's retry, backoffPolicy, backoffDelay, timeout and dead-letter sink; delivery is
+- **Triggers**: `spec.filters` are the topology's filters (Knative's exact, prefix, suffix,
+  all, any, not, cesql), with one attribute per exact/prefix/suffix map as Knative's webhook
+  requires (a map of several becomes several filters) and the legacy `attributes` as `exact`
+  filters without its empty ("any value") entries; `spec.delivery` is the topology's retry,
+  backoffPolicy, backoffDelay, timeout, dead-letter sink, `retryAfterMax` (enable Knative's
+  `delivery-retryafter` feature in `config-features` to use it) and `format`; delivery is
   unordered, as in localdev.
 - **Kafka sources** (`kafkaSources` in `function.yaml`): a function that reads a topic
   directly, not through the broker, gets a `sources.knative.dev/v1beta1` KafkaSource: the
@@ -846,10 +863,13 @@ mc event add ALIAS/landing arn:minio:sqs::faaspipe:webhook --event put
   second autoscaler on the same pods would fight it. So lag scales the consumers, concurrency
   scales the functions, and a function at min-scale 0 is woken by the activator when the
   dispatcher pushes.
-- **The same KEDA decisions as localdev.** localdev runs a port of KEDA's kafka scaler and
-  scale executor on the same number KEDA reads here: the raw lag of the trigger's consumer
-  group on its topic. `tests/test_keda_parity.py` reads the rendered annotations back as
-  the Kafka controller does and checks they decide as localdev on the same backlog.
+- **The same KEDA rules as localdev.** localdev runs a port of KEDA's kafka scaler and scale
+  executor. `tests/test_keda_parity.py` reads the rendered annotations back as the Kafka
+  controller does and checks they decide as localdev on the same backlog. The number
+  differs: KEDA here reads the raw lag of the trigger's consumer group and scales the
+  trigger's dispatcher; localdev reads the trigger's backlog of matching events and scales
+  the function (the raw lag, applied to function replicas, woke idle functions for other
+  functions' events).
   Deliberate differences, each for a reason:
   - eventing-kafka-broker copies only `lagThreshold` and `activationLagThreshold` into its
     ScaledObject. KEDA's other options (`allowIdleConsumers`, `limitToPartitionsWithLag`,

@@ -47,11 +47,20 @@ class Delivery:
     backoff_delay: str = "PT0.2S"
     timeout: str = "PT30S"
     dead_letter_sink: str | None = "dlq"
+    # Retry-After on 429/503 is honoured up to this long (Knative's delivery-retryafter
+    # feature); None or PT0S ignores the header.
+    retry_after_max: str | None = None
+    format: str | None = None  # json (structured) or binary; None: binary, as Knative defaults
 
     def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based), Knative's formula."""
+        """Seconds to wait before retry number ``attempt`` (1-based): ``backoffDelay * 2^n``
+        (exponential, as eventing-kafka-broker computes it) or ``backoffDelay * n`` (linear)."""
         base = parse_duration(self.backoff_delay)
-        return base * (2 ** (attempt - 1) if self.backoff_policy == "exponential" else attempt)
+        return base * (2**attempt if self.backoff_policy == "exponential" else attempt)
+
+    @property
+    def retry_after_max_s(self) -> float:
+        return parse_duration(self.retry_after_max) if self.retry_after_max else 0.0
 
     @property
     def timeout_s(self) -> float:
@@ -69,6 +78,7 @@ class Trigger:
     filters: tuple[dict[str, Any], ...]
     delivery: Delivery
     topic: str | None = None
+    path: str = ""  # Knative subscriber.uri relative to the function's address, e.g. /hooks/x
 
     @property
     def is_kafka_source(self) -> bool:
@@ -167,24 +177,46 @@ def _require(doc: dict[str, Any], key: str, where: str) -> Any:
 
 
 def _delivery(doc: dict[str, Any], where: str) -> Delivery:
-    known = {"retry", "backoffPolicy", "backoffDelay", "timeout", "deadLetterSink"}
-    unknown = set(doc) - known
+    """A DeliverySpec, checked with Knative's rules; each error names the field."""
+    names = {
+        "retry": "retry",
+        "backoffPolicy": "backoff_policy",
+        "backoffDelay": "backoff_delay",
+        "timeout": "timeout",
+        "deadLetterSink": "dead_letter_sink",
+        "retryAfterMax": "retry_after_max",
+        "format": "format",
+    }
+    unknown = set(doc) - set(names)
     if unknown:
-        raise TopologyError(f"{where}.delivery: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    delivery = Delivery(
-        retry=int(doc.get("retry", 3)),
-        backoff_policy=doc.get("backoffPolicy", "exponential"),
-        backoff_delay=doc.get("backoffDelay", "PT0.2S"),
-        timeout=doc.get("timeout", "PT30S"),
-        dead_letter_sink=doc.get("deadLetterSink", "dlq"),
-    )
+        raise TopologyError(f"{where}.delivery: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    delivery = Delivery(**{names[k]: v for k, v in doc.items()})
+    retry = delivery.retry
+    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
+        raise TopologyError(f"{where}.delivery.retry must be an integer >= 0, got {retry!r}")
     if delivery.backoff_policy not in ("exponential", "linear"):
         raise TopologyError(f"{where}.delivery.backoffPolicy must be exponential or linear")
-    for key in ("backoff_delay", "timeout"):
+    for key, field_name in (
+        ("backoffDelay", "backoff_delay"),
+        ("timeout", "timeout"),
+        ("retryAfterMax", "retry_after_max"),
+    ):
+        value = getattr(delivery, field_name)
+        if value is None and key == "retryAfterMax":
+            continue
         try:
-            parse_duration(getattr(delivery, key))
-        except ValueError as exc:
-            raise TopologyError(f"{where}.delivery: {exc}") from exc
+            seconds = parse_duration(value)
+        except (ValueError, TypeError) as exc:
+            raise TopologyError(f"{where}.delivery.{key}: {exc}") from exc
+        if key == "timeout" and seconds <= 0:
+            raise TopologyError(f"{where}.delivery.timeout must be greater than 0, got {value!r}")
+    if delivery.format not in (None, "json", "binary"):
+        raise TopologyError(f"{where}.delivery.format must be json or binary, got {delivery.format!r}")
+    if delivery.dead_letter_sink not in (None, "dlq"):
+        raise TopologyError(
+            f"{where}.delivery.deadLetterSink must be dlq (the platform's dead-letter topic) or null "
+            f"(drop after the retries), got {delivery.dead_letter_sink!r}: other sinks are not supported"
+        )
     return delivery
 
 
@@ -266,7 +298,20 @@ def load_function(path: Path) -> Function:
             check_filters(filters)
         except ValueError as exc:
             raise TopologyError(f"{t_where}.filters: {exc}") from exc
-        triggers.append(Trigger(t_name, name, filters, _delivery(t.get("delivery", {}) or {}, t_where)))
+        unknown = set(t) - {"name", "filters", "delivery", "path"}
+        if unknown:
+            raise TopologyError(
+                f"{t_where}: unknown field(s) {sorted(unknown)}; known: delivery, filters, name, path"
+            )
+        sub_path = str(t.get("path", ""))
+        if sub_path and (
+            not sub_path.startswith("/") or "//" in sub_path or any(c in sub_path for c in "?# ")
+        ):
+            raise TopologyError(
+                f"{t_where}.path must be an absolute URL path like /hooks/x, got {sub_path!r}"
+            )
+        delivery = _delivery(t.get("delivery", {}) or {}, t_where)
+        triggers.append(Trigger(t_name, name, filters, delivery, path=sub_path))
     sources = []
     for i, k in enumerate(doc.get("kafkaSources", []) or []):
         k_where = f"{where}: kafkaSources[{i}]"

@@ -133,14 +133,21 @@ def from_json_bytes(raw: bytes) -> CloudEvent:
     return JSON_FORMAT.read(CloudEvent, raw)
 
 
+def changed_attributes(
+    attributes: Mapping[str, Any], drop: Iterable[str] = (), changes: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A copy of ``attributes`` with ``changes`` applied (``None`` removes) and ``drop`` removed."""
+    out = dict(attributes)
+    for name in drop:
+        out.pop(name, None)
+    for name, value in (changes or {}).items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
 def with_attributes(event: CloudEvent, drop: Iterable[str] = (), **changes: Any) -> CloudEvent:
     """A copy of ``event`` with attributes changed (``None`` removes) and ``drop`` removed."""
-    attributes = dict(event.get_attributes())
-    for name in drop:
-        attributes.pop(name, None)
-    for name, value in changes.items():
-        if value is None:
-            attributes.pop(name, None)
-        else:
-            attributes[name] = value
-    return CloudEvent(attributes, event.get_data())
+    return CloudEvent(changed_attributes(event.get_attributes(), drop, changes), event.get_data())

@@ -51,7 +51,8 @@ def test_malformed_filters_are_refused(bad: list) -> None:  # type: ignore[type-
 def test_backoff_follows_knative() -> None:
     exp = Delivery(retry=3, backoff_policy="exponential", backoff_delay="PT0.5S")
     lin = Delivery(retry=3, backoff_policy="linear", backoff_delay="PT0.5S")
-    assert [exp.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    # backoffDelay * 2^n before retry n: Knative's DeliverySpec docs and eventing-kafka-broker
+    assert [exp.delay_before(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert [lin.delay_before(n) for n in (1, 2, 3)] == [0.5, 1.0, 1.5]
     assert parse_duration("PT1M30S") == 90 and parse_duration("PT0.2S") == 0.2
 

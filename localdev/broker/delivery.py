@@ -1,9 +1,17 @@
 """Delivery of one event to a subscriber, with Knative's DeliverySpec semantics (asyncio).
 
-Retries on network errors, timeouts, 5xx, 404, 408, 409 and 429 (Knative's retryable set),
-waiting ``backoffDelay * 2^(n-1)`` (exponential) or ``backoffDelay * n`` (linear) before
-retry n. Other 4xx are final. A reply event in the response goes back to the broker
-ingress; the delivery only succeeds once the reply is in the log.
+Per the Knative Eventing data-plane spec and eventing-kafka-broker:
+- Retries on network errors, timeouts, 5xx, 404, 408, 409 and 429 (Knative's retryable set),
+  waiting ``backoffDelay * 2^n`` (exponential) or ``backoffDelay * n`` (linear) before retry
+  n; with ``retryAfterMax`` set, a 429 or 503 with ``Retry-After`` waits the longer of that
+  and the backoff, up to ``retryAfterMax``. Other 4xx are final.
+- Each delivery carries ``Prefer: reply`` (triggers; a Kafka source takes no replies).
+- A ``2xx`` other than ``202`` with an event in it is a reply: it goes back to the broker
+  ingress, and the delivery succeeds once the reply is in the log. Storing a reply is
+  retried with the same spec; if it still fails, the original event is dead-lettered with
+  the reason. A ``202`` is never a reply.
+- The event is sent as received (``wire``): binary content mode, or structured with
+  ``delivery.format: json``; its data bytes are never re-encoded.
 
 One ``Deliverer`` per dispatcher process: one aiohttp session (keep-alive pool) on the
 process's event loop, shared by every trigger.
@@ -13,23 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from localdev.broker import wire
 from localdev.broker.protocol import TRIGGER_HEADER
 from localdev.topology import Delivery
-from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, parse_http, to_http, with_attributes
+from shared.cloudevents_io import InvalidCloudEvent
 
 log = logging.getLogger("faaspipe.delivery")
 
 RETRYABLE_STATUS = frozenset({404, 408, 409, 429})
+RETRY_AFTER_STATUS = frozenset({429, 503})
 ERROR_DATA_LIMIT = 1024  # bytes of the subscriber's response kept in knativeerrordata
-__all__ = ["TRIGGER_HEADER", "Deliverer", "Outcome", "dead_letter_event", "is_retryable"]
+__all__ = ["TRIGGER_HEADER", "Deliverer", "Outcome", "dead_letter_event", "is_retryable", "retry_after"]
 
 
 @dataclass
@@ -45,11 +57,23 @@ def is_retryable(status: int) -> bool:
     return status == 0 or status >= 500 or status in RETRYABLE_STATUS
 
 
+def retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP-date), if any."""
+    value = (headers or {}).get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 def _has_event(headers: CIMultiDictProxy[str]) -> bool:
     content_type = headers.get("content-type", "")
-    return any(k.lower().startswith("ce-") for k in headers) or content_type.startswith(
-        "application/cloudevents+json"
-    )
+    return any(k.lower().startswith("ce-") for k in headers) or content_type.startswith(wire.STRUCTURED)
 
 
 async def _pause(delay: float, stop: threading.Event | None) -> bool:
@@ -64,6 +88,16 @@ async def _pause(delay: float, stop: threading.Event | None) -> bool:
         await asyncio.sleep(min(left, 0.05))
 
 
+def _delay(spec: Delivery, attempt: int, status: int, headers: CIMultiDictProxy[str] | None) -> float:
+    delay = spec.delay_before(attempt)
+    cap = spec.retry_after_max_s
+    if cap > 0 and status in RETRY_AFTER_STATUS:
+        asked = retry_after(headers)
+        if asked is not None:
+            delay = max(delay, min(asked, cap))
+    return delay
+
+
 class Deliverer:
     """Sends events to subscribers and replies to the ingress; use on its event loop only."""
 
@@ -75,7 +109,7 @@ class Deliverer:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=15),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
 
     async def close(self) -> None:
@@ -83,11 +117,9 @@ class Deliverer:
             await self._session.close()
 
     async def _post(
-        self, url: str, event: CloudEvent, timeout: float, trigger: str
+        self, url: str, headers: dict[str, str], body: bytes, timeout: float
     ) -> tuple[int, CIMultiDictProxy[str] | None, bytes]:
         assert self._session is not None, "Deliverer.open() first"
-        headers, body = to_http(event)
-        headers[TRIGGER_HEADER] = trigger
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -96,13 +128,14 @@ class Deliverer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, None, f"{type(exc).__name__}: {exc}".encode()
 
-    async def forward_reply(self, reply: CloudEvent, timeout: float) -> tuple[int, bytes]:
-        status, _headers, body = await self._post(self.ingress_url, reply, timeout, "reply")
-        return status, body
+    async def forward_reply(self, reply: wire.WireEvent, timeout: float) -> tuple[int, bytes]:
+        headers, body = wire.to_http(reply)
+        status, _headers, answer = await self._post(self.ingress_url, headers, body, timeout)
+        return status, answer
 
     async def deliver(
         self,
-        event: CloudEvent,
+        event: wire.WireEvent,
         url: str,
         spec: Delivery,
         *,
@@ -110,44 +143,50 @@ class Deliverer:
         stop: threading.Event | None = None,
         forward_replies: bool = True,
     ) -> Outcome:
+        headers, body = wire.to_structured(event) if spec.format == "json" else wire.to_http(event)
+        headers[TRIGGER_HEADER] = trigger
+        if forward_replies:
+            headers["Prefer"] = "reply"
         attempts = 0
         while True:
             attempts += 1
-            status, headers, body = await self._post(url, event, spec.timeout_s, trigger)
-            error = ""
+            status, answer_headers, answer = await self._post(url, headers, body, spec.timeout_s)
+            error = f"subscriber answered {status}"
             if 200 <= status < 300:
-                if headers is None or not _has_event(headers) or not forward_replies:
-                    return Outcome(True, status, b"", attempts)  # a KafkaSource drops replies
+                if status == 202 or not forward_replies or answer_headers is None:
+                    return Outcome(True, status, b"", attempts)
+                if not _has_event(answer_headers):
+                    return Outcome(True, status, b"", attempts)
                 try:
-                    reply = parse_http(headers, body)
+                    reply = wire.from_http(answer_headers, answer)
                 except InvalidCloudEvent as exc:
                     return Outcome(False, 502, f"invalid reply event: {exc}".encode(), attempts, str(exc))
-                reply_status, reply_body = await self.forward_reply(reply, spec.timeout_s)
-                if 200 <= reply_status < 300:
+                stored, answer = await self.forward_reply(reply, spec.timeout_s)
+                if 200 <= stored < 300:
                     return Outcome(True, status, b"", attempts)
-                error = f"reply rejected by the broker ingress ({reply_status})"
-                status, body = (reply_status, reply_body) if reply_status else (503, reply_body)
-                if not is_retryable(reply_status):
-                    return Outcome(False, status, body, attempts, error)
+                error = f"reply {reply.id} not stored: the broker ingress answered {stored or 'nothing'}"
+                status = 503  # a failed attempt, retried like any other
             if not is_retryable(status) or attempts > spec.retry:
-                return Outcome(False, status, body, attempts, error or f"subscriber answered {status}")
-            delay = spec.delay_before(attempts)
+                return Outcome(False, status, answer, attempts, error)
+            delay = _delay(spec, attempts, status, answer_headers)
             log.info(
-                "trigger %s: event %s attempt %d got %s; retrying in %.2fs",
+                "trigger %s: event %s attempt %d failed (%s); retrying in %.2fs",
                 trigger,
-                event.get_id(),
+                event.id,
                 attempts,
-                status or "no response",
+                error if status else "no response",
                 delay,
             )
             if await _pause(delay, stop):
-                return Outcome(False, status, body, attempts, "dispatcher stopping")
+                return Outcome(False, status, answer, attempts, "dispatcher stopping")
 
 
-def dead_letter_event(event: CloudEvent, *, trigger: str, destination: str, outcome: Outcome) -> CloudEvent:
-    """The event as Knative dead-letters it: with ``knativeerror*`` extensions added."""
-    return with_attributes(
-        event,
+def dead_letter_event(
+    event: wire.WireEvent, *, trigger: str, destination: str, outcome: Outcome
+) -> wire.WireEvent:
+    """The event as Knative dead-letters it: with ``knativeerror*`` extensions added (its
+    data untouched)."""
+    return event.with_attributes(
         knativeerrordest=destination,
         knativeerrorcode=str(outcome.status),
         knativeerrordata=base64.b64encode(outcome.body[:ERROR_DATA_LIMIT]).decode(),

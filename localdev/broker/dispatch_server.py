@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         dispatchers.extend(
             start_dispatchers(
                 topology.subscriptions,
-                lambda t: config.function_url(t.function),
+                lambda t: config.function_url(t.function).rstrip("/") + (t.path or "/"),
                 topics,
                 deliverer,
                 producer,

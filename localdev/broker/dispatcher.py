@@ -28,11 +28,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
+from localdev.broker import wire
 from localdev.broker.delivery import Deliverer, Outcome, dead_letter_event
 from localdev.broker.filters import matches
 from localdev.broker.protocol import REPLAY_TARGET
 from localdev.topology import Trigger
-from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, from_kafka, to_kafka, with_attributes
+from shared.cloudevents_io import InvalidCloudEvent
 from shared.kafka_offsets import offsets_consumer, true_end_offsets
 
 log = logging.getLogger("faaspipe.dispatcher")
@@ -191,7 +192,7 @@ class TriggerDispatcher(threading.Thread):
 
     def _submit(self, record) -> Future[None] | None:  # type: ignore[no-untyped-def]
         try:
-            event = from_kafka(record.key, record.headers, record.value)
+            event = wire.from_kafka(record.key, record.headers, record.value)
         except InvalidCloudEvent as exc:
             log.error(
                 "trigger %s: skipping a record that is not a CloudEvent at %s: %s",
@@ -200,12 +201,12 @@ class TriggerDispatcher(threading.Thread):
                 exc,
             )
             return None
-        target = event.get_extension(REPLAY_TARGET)
+        target = event.get(REPLAY_TARGET)
         if target is not None:
             if target != self.trigger.name:
                 return None
-            event = with_attributes(event, drop=[REPLAY_TARGET])
-        elif not matches(self.trigger.filters, event.get_attributes()):
+            event = event.with_attributes(drop=[REPLAY_TARGET])
+        elif not matches(self.trigger.filters, event.attributes):
             return None
         with self._active_lock:
             self.active += 1
@@ -213,7 +214,7 @@ class TriggerDispatcher(threading.Thread):
         future.add_done_callback(self._done)
         return future
 
-    async def _deliver(self, event: CloudEvent, produced_ms: int) -> None:
+    async def _deliver(self, event: wire.WireEvent, produced_ms: int) -> None:
         outcome = await self.deliverer.deliver(
             event,
             self.subscriber_url,
@@ -230,13 +231,13 @@ class TriggerDispatcher(threading.Thread):
             raise RuntimeError("dispatcher stopping: event left uncommitted for redelivery")
         await self._dead_letter(event, outcome)
 
-    async def _dead_letter(self, event: CloudEvent, outcome: Outcome) -> None:
+    async def _dead_letter(self, event: wire.WireEvent, outcome: Outcome) -> None:
         if not self.trigger.delivery.dead_letter_sink:
             DELIVERIES.labels(self.trigger.name, "dropped").inc()
             log.error(
                 "trigger %s: dropping event %s after %d attempts (no dead-letter sink): %s",
                 self.trigger.name,
-                event.get_id(),
+                event.id,
                 outcome.attempts,
                 outcome.error,
             )
@@ -244,14 +245,14 @@ class TriggerDispatcher(threading.Thread):
         dead = dead_letter_event(
             event, trigger=self.trigger.name, destination=self.subscriber_url, outcome=outcome
         )
-        key, headers, value = to_kafka(dead)
+        key, headers, value = wire.to_kafka(dead)
         sent = self.dlq_producer.send(self.topics.dlq_topic, key=key, value=value, headers=headers)
         await asyncio.get_running_loop().run_in_executor(None, sent.get, 30)  # rare: a thread is fine
         DELIVERIES.labels(self.trigger.name, "dead_lettered").inc()
         log.warning(
             "trigger %s: event %s dead-lettered after %d attempts: %s (%s)",
             self.trigger.name,
-            event.get_id(),
+            event.id,
             outcome.attempts,
             outcome.status,
             outcome.error,

@@ -3,7 +3,8 @@
 A replay appends the original event (``knativeerror*`` removed) to the broker topic (for a
 Kafka source: the topic it reads) with a ``faaspipetarget`` extension naming the trigger, so
 that only that trigger's dispatcher delivers it again, with its full retry policy; a marker
-on the ``…dlq.replayed`` topic records that the dead letter was replayed.
+on the ``…dlq.replayed`` topic records that the dead letter was replayed. The event's data
+is replayed as the bytes it was dead-lettered with.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from localdev.broker import wire
 from localdev.broker.protocol import REPLAY_TARGET
 from localdev.config import StackConfig
 from localdev.topology import load_topology
-from shared.cloudevents_io import CloudEvent, from_kafka, to_kafka, with_attributes
 from shared.kafka_offsets import true_end_offsets
 
 ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", "faaspipetrigger")
@@ -27,7 +28,7 @@ ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", 
 class DeadLetter:
     partition: int
     offset: int
-    event: CloudEvent
+    event: wire.WireEvent
     replayed: bool
 
     @property
@@ -35,19 +36,19 @@ class DeadLetter:
         return f"{self.partition}:{self.offset}"
 
     def summary(self) -> dict[str, object]:
-        raw = self.event.get_extension("knativeerrordata") or ""
+        raw = self.event.get("knativeerrordata") or ""
         try:
             error = base64.b64decode(raw).decode(errors="replace")
         except ValueError:
             error = raw
         return {
             "ref": self.ref,
-            "id": self.event.get_id(),
-            "source": self.event.get_source(),
-            "type": self.event.get_type(),
-            "trigger": self.event.get_extension("faaspipetrigger"),
-            "code": self.event.get_extension("knativeerrorcode"),
-            "destination": self.event.get_extension("knativeerrordest"),
+            "id": self.event.id,
+            "source": self.event.get("source"),
+            "type": self.event.type,
+            "trigger": self.event.get("faaspipetrigger"),
+            "code": self.event.get("knativeerrorcode"),
+            "destination": self.event.get("knativeerrordest"),
             "error": error,
             "replayed": self.replayed,
         }
@@ -64,7 +65,7 @@ def _read_all(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
         consumer.resume(*partitions)  # true_end_offsets leaves them paused
         consumer.seek_to_beginning(*partitions)
         records = []
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        while any(consumer.position(tp) < ends.get(tp, 0) for tp in partitions):
             batch = consumer.poll(timeout_ms=1000)
             if not batch:
                 break
@@ -79,7 +80,7 @@ def list_dead_letters(config: StackConfig) -> list[DeadLetter]:
     replayed = {r.key.decode() for r in _read_all(config.kafka_bootstrap, config.dlq_replayed_topic) if r.key}
     letters = []
     for record in _read_all(config.kafka_bootstrap, config.dlq_topic):
-        event = from_kafka(record.key, record.headers, record.value)
+        event = wire.from_kafka(record.key, record.headers, record.value)
         ref = f"{record.partition}:{record.offset}"
         letters.append(DeadLetter(record.partition, record.offset, event, ref in replayed))
     return letters
@@ -91,8 +92,8 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
         d
         for d in list_dead_letters(config)
         if not d.replayed
-        and (refs is None or d.ref in refs or d.event.get_id() in refs)
-        and (trigger is None or d.event.get_extension("faaspipetrigger") == trigger)
+        and (refs is None or d.ref in refs or d.event.id in refs)
+        and (trigger is None or d.event.get("faaspipetrigger") == trigger)
     ]
     source_topics = {
         t.name: t.topic for t in load_topology(config.function_dirs).subscriptions if t.topic is not None
@@ -100,12 +101,12 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
     try:
         for letter in chosen:
-            target = letter.event.get_extension("faaspipetrigger")
-            event = with_attributes(letter.event, drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
-            key, headers, value = to_kafka(event)
+            target = letter.event.get("faaspipetrigger")
+            event = letter.event.with_attributes(drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
+            key, headers, value = wire.to_kafka(event)
             topic = source_topics.get(str(target), config.broker_topic)
             producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
-            marker = json.dumps({"id": letter.event.get_id(), "trigger": target}).encode()
+            marker = json.dumps({"id": letter.event.id, "trigger": target}).encode()
             producer.send(config.dlq_replayed_topic, key=letter.ref.encode(), value=marker).get(timeout=30)
     finally:
         producer.close()
