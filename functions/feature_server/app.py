@@ -22,6 +22,7 @@ from shared.contracts import Contract, all_contracts
 log = logging.getLogger("faaspipe.feature_server")
 
 MAX_ENTITIES = 1000
+SLOW_READ_S = 1.0  # reads slower than this are logged with their duration
 _ready = threading.Event()
 _lock = threading.Lock()  # one online read at a time: the SQLite connection is shared
 
@@ -83,6 +84,7 @@ def create_app() -> Flask:
             return jsonify(error=f"unknown dataset {dataset!r}; known: {sorted(all_contracts())}"), 404
         from feast.errors import FeatureViewNotFoundException
 
+        started = time.perf_counter()
         try:
             with _lock:
                 rows = feast_repo.online_features(contract, entities)
@@ -91,6 +93,9 @@ def create_app() -> Flask:
         except Exception as exc:  # noqa: BLE001 - answer JSON, keep the trace in the log
             log.exception("online read of %s %s failed", dataset, entities[:10])
             return jsonify(error=f"online read failed: {type(exc).__name__}: {exc}"), 500
+        took = time.perf_counter() - started
+        if took > SLOW_READ_S:
+            log.info("slow online read: %s, %d entities in %.2fs", dataset, len(entities), took)
         return jsonify(dataset=dataset, feature_view=contract.feature_view, rows=rows), 200
 
     return app

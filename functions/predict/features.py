@@ -9,6 +9,12 @@ import urllib3
 
 from functions.predict.inputs import BadInput
 
+# A read waits as long as the gateway may hold a request for a feature-server replica that is
+# starting (or a first online read that loads the store's client on a busy node): 5 s turned a
+# slow first read into a 503. A refused connection is retried once, a read never (no doubling).
+READ_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 3.0
+
 
 class FeatureServer:
     """``POST <gateway>/feature-server/online {"dataset", "entities"}`` → ``{"rows": [row | null]}``."""
@@ -17,7 +23,9 @@ class FeatureServer:
         self.url = f"{gateway_url.rstrip('/')}/feature-server/online"
         self.dataset = dataset
         self.http = http or urllib3.PoolManager(
-            maxsize=16, retries=False, timeout=urllib3.Timeout(connect=1.0, read=5.0)
+            maxsize=16,
+            retries=urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0),
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
         )
 
     def rows(self, entities: list[int]) -> list[dict[str, Any]]:
