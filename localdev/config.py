@@ -36,6 +36,10 @@ PORT_OFFSETS = {
     "mlflow": 40,
 }
 DEFAULT_PORT_BASE = 17000
+# Function replicas listen on port_base+100 … +499: ports the stack owns, below the kernel's
+# ephemeral range. A port the kernel handed out (bind to 0) and gunicorn bound a moment later
+# was taken in between by an outgoing connection, failing a stack's start in the test suite.
+REPLICA_PORT_OFFSETS = range(100, 500)
 DEFAULT_BUCKETS = ("landing", "quarantine", "features", "models", "mlflow", "tansu")
 
 
@@ -66,6 +70,11 @@ class StackConfig:
         self.ports = resolved
 
     # --- derived locations -------------------------------------------------
+    @property
+    def replica_ports(self) -> range:
+        """The ports function replicas may listen on."""
+        return range(self.port_base + REPLICA_PORT_OFFSETS.start, self.port_base + REPLICA_PORT_OFFSETS.stop)
+
     def url(self, port_name: str) -> str:
         return f"http://127.0.0.1:{self.ports[port_name]}"
 

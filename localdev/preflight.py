@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
-from localdev.config import PORT_OFFSETS, SETTINGS, Setting
+from localdev.config import PORT_OFFSETS, REPLICA_PORT_OFFSETS, SETTINGS, Setting
 
 CONNECT_TIMEOUT_S = 3.0
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -61,9 +61,9 @@ def _number(setting: Setting, raw: str) -> str | None:
     if setting.minimum is not None and value < setting.minimum:
         return f"must be at least {setting.minimum:g}, got {raw!r}"
     if setting.kind == "port":
-        top = value + max(PORT_OFFSETS.values())
-        if value < 1024 or top > 65535:
-            return f"ports base..base+{max(PORT_OFFSETS.values())} must lie in 1024-65535, got {raw!r}"
+        span = REPLICA_PORT_OFFSETS.stop - 1  # the stack's ports, then its replicas' range
+        if value < 1024 or value + span > 65535:
+            return f"ports base..base+{span} must lie in 1024-65535, got {raw!r}"
     return None
 
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,14 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def pick_port(candidates: Iterable[int], taken: Collection[int]) -> int:
+    """The first candidate port not in ``taken`` that nothing listens on."""
+    for port in candidates:
+        if port not in taken and port_free(port):
+            return port
+    raise RuntimeError("no free port left in the stack's replica range")
 
 
 def free_port() -> int:

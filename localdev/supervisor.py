@@ -32,7 +32,7 @@ from localdev import components
 from localdev.autoscaler import Autoscaler, LagReader
 from localdev.config import StackConfig
 from localdev.gateway import Gateway
-from localdev.processes import Child, free_port, kill_leftovers
+from localdev.processes import Child, kill_leftovers, pick_port
 from localdev.topology import Function, load_topology
 
 log = logging.getLogger("faaspipe.supervisor")
@@ -148,11 +148,13 @@ class Supervisor:
             admin.close()
 
     def _start_replica(self, fr: FunctionReplicas) -> Child:
-        index = max((int(c.name.rsplit("-", 1)[1]) for c in fr.replicas), default=-1) + 1
-        child = components.function_replica(self.config, fr.function, index, free_port())
-        child.ready_cached = False
-        child.start()
-        with self.lock:
+        with self.lock:  # a port is chosen and claimed under the lock: two starts never share one
+            index = max((int(c.name.rsplit("-", 1)[1]) for c in fr.replicas), default=-1) + 1
+            taken = {c.port for f in self.functions.values() for c in f.replicas}
+            port = pick_port(self.config.replica_ports, taken)
+            child = components.function_replica(self.config, fr.function, index, port)
+            child.ready_cached = False
+            child.start()
             fr.replicas.append(child)
         return child
 
