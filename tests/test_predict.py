@@ -244,6 +244,64 @@ def test_v2_protocol(serving: Stack, champion: dict[str, Any]) -> None:
     assert [p["label"] for p in plain["predictions"]] == outputs["label"]["data"]
 
 
+@pytest.mark.integration
+def test_tritonclient_with_its_defaults_binary_tensors_both_ways(
+    serving: Stack, champion: dict[str, Any]
+) -> None:
+    """NVIDIA's HTTP client sends binary inputs and asks for binary outputs unless told not to
+    (the binary tensor data extension); its answer equals the JSON route's, and one binary
+    output can be asked for beside a JSON one."""
+    from urllib.parse import urlsplit
+
+    import numpy as np
+    import tritonclient.http as triton
+
+    url = urlsplit(serving.config.function_url("predict"))
+    client = triton.InferenceServerClient(url=f"{url.netloc}{url.path.rstrip('/')}", network_timeout=30)
+    try:
+        assert client.is_server_live()
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        rows = [ROW, FAILING_ROW]
+        inputs = []
+        for name in CONTRACT.raw_inputs:
+            if name in CONTRACT.categoricals:
+                tensor = triton.InferInput(name, [len(rows)], "BYTES")
+                tensor.set_data_from_numpy(np.array([r[name].encode() for r in rows], dtype=np.object_))
+            else:
+                tensor = triton.InferInput(name, [len(rows)], "FP64")
+                tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float64))
+            inputs.append(tensor)
+        result = client.infer(MODEL_NAME, inputs, request_id="triton-1")
+        answer = result.get_response()
+        assert answer["id"] == "triton-1"
+        assert all("binary_data_size" in o["parameters"] for o in answer["outputs"]), answer
+        probability, label = result.as_numpy("probability"), result.as_numpy("label")
+
+        status, plain = call(serving, "POST", "predict", {"instances": rows})
+        assert status == 200, plain
+        assert probability.tolist() == pytest.approx(
+            [p["probability"] for p in plain["predictions"]], abs=1e-6
+        )
+        assert label.tolist() == [p["label"] for p in plain["predictions"]]
+
+        mixed = client.infer(
+            MODEL_NAME,
+            inputs,
+            outputs=[
+                triton.InferRequestedOutput("label", binary_data=True),
+                triton.InferRequestedOutput("probability", binary_data=False),
+            ],
+        )
+        shapes = {
+            o["name"]: ("data" in o, "binary_data_size" in o.get("parameters", {}))
+            for o in mixed.get_response()["outputs"]
+        }
+        assert shapes == {"label": (False, True), "probability": (True, False)}
+        assert mixed.as_numpy("label").tolist() == label.tolist()
+    finally:
+        client.close()
+
+
 def _without(row: dict[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != name}
 

@@ -39,6 +39,7 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import Counter, Histogram
 
 from events import EventDataError, ModelPromoted, PredictionLogged, UnknownEventType, validate_event
+from functions.predict import binary_tensors
 from functions.predict.champion import ChampionHolder, LoadedModel, RegistryClient
 from functions.predict.features import FeatureServer
 from functions.predict.inputs import (
@@ -301,7 +302,7 @@ def _v2_infer(name: str, version: str | None) -> tuple[Response, int]:
     started = time.perf_counter()
     state = _state()
     model = _check_model_path(state, name, version)
-    body = _json_body()
+    body = binary_tensors.read_request(request.get_data(), request.headers.get(binary_tensors.HEADER))
     if "inputs" not in body:
         raise BadInput("missing 'inputs': a list of tensors {name, shape, datatype, data}")
     rows = rows_from_v2_inputs(state.contract, body["inputs"])
@@ -330,7 +331,9 @@ def _v2_infer(name: str, version: str | None) -> tuple[Response, int]:
         if unknown:
             raise BadInput(f"outputs: unknown output(s) {unknown}; available: ['probability', 'label']")
         outputs = [o for o in outputs if o["name"] in names]
-    response = jsonify(model_name=model.name, model_version=model.version, id=request_id, outputs=outputs)
+    doc = {"model_name": model.name, "model_version": model.version, "id": request_id, "outputs": outputs}
+    payload, headers = binary_tensors.write_response(doc, binary_tensors.binary_outputs(body))
+    response = Response(payload, headers=headers)
     response.headers["X-Request-Id"] = request_id
     return response, 200
 
@@ -395,7 +398,7 @@ def create_app() -> Flask:
 
     @app.get("/v2")
     def server_metadata() -> Response:
-        return jsonify(name="faaspipe-predict", version="1", extensions=[])
+        return jsonify(name="faaspipe-predict", version="1", extensions=[binary_tensors.EXTENSION])
 
     @app.get("/v2/health/live")
     def live() -> Response:
