@@ -78,7 +78,28 @@ def _value_problem(setting: Setting, raw: str) -> str | None:
         return _writable_dir_problem(Path(raw)) if setting.name == "FAASPIPE_STATE_DIR" else None
     if setting.kind == "paths":
         missing = [p for p in raw.split(os.pathsep) if p and not Path(p).is_dir()]
-        return f"not a directory: {', '.join(missing)}" if missing else None
+        if missing:
+            return f"not a directory: {', '.join(missing)}"
+        return _contracts_problem(raw) if setting.name == "FAASPIPE_CONTRACT_DIRS" else None
+    return None
+
+
+def _contracts_problem(raw: str) -> str | None:
+    """Every contract of the extra folders loads, and no name or model is declared twice."""
+    from shared.contracts import CONTRACTS_DIR, ContractError, load_contract
+
+    names: dict[str, Path] = {}
+    models: dict[str, Path] = {}
+    for folder in [CONTRACTS_DIR, *(Path(p) for p in raw.split(os.pathsep) if p)]:
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                contract = load_contract(path)
+            except (ContractError, OSError, ValueError, KeyError, TypeError) as exc:
+                return f"{path}: not a valid data contract: {exc}"
+            for seen, key in ((names, contract.name), (models, contract.model_name)):
+                if key in seen:
+                    return f"{path}: {key!r} is already declared by {seen[key]}"
+                seen[key] = path
     return None
 
 

@@ -45,3 +45,19 @@ class RegistryClient:
         ):
             return None
         raise RegistryError(f"MLflow alias lookup answered {resp.status}: {resp.data[:300]!r}")
+
+    def version_aliases(self, model_name: str, version: str) -> list[str] | None:
+        """The aliases ``version`` of ``model_name`` carries; ``None`` if there is no such version."""
+        url = f"{self.tracking_uri}/api/2.0/mlflow/model-versions/get"
+        try:
+            resp = self.http.request("GET", url, fields={"name": model_name, "version": version})
+        except urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"MLflow registry at {self.tracking_uri} unreachable: {exc}") from exc
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = json.loads(resp.data or b"{}")
+        if resp.status == 200:
+            return [str(a) for a in body.get("model_version", {}).get("aliases", [])]
+        if body.get("error_code") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise RegistryError(f"MLflow model-version lookup answered {resp.status}: {resp.data[:300]!r}")

@@ -114,6 +114,7 @@ def running_stack(state_dir: Path, port_base: int, function_dirs: str, storage: 
         "FAASPIPE_PORT_BASE": str(port_base),
         "FAASPIPE_FUNCTION_DIRS": function_dirs,
         "FAASPIPE_KAFKA_STORAGE": storage,
+        "FAASPIPE_CONTRACT_DIRS": str(REPO / "tests" / "contracts"),  # a second contract
         "PYTHONPATH": str(REPO),
     }
     stack = Stack(env, state_dir)

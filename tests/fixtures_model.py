@@ -35,6 +35,8 @@ TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
 DATASET_CSV = Path(os.environ.get("FAASPIPE_AI4I_CSV", "/work/shared/datasets/ai4i2020.csv"))
 REFERENCE_ROWS = 2000
 MODEL_NAME = "ai4i-machine-failure"  # contract.model_name of ai4i
+TEST_CONTRACTS = REPO / "tests" / "contracts"  # FAASPIPE_CONTRACT_DIRS of the test stacks
+LITE_MODEL_NAME = "ai4i-lite-failure"  # contract.model_name of tests/contracts/ai4i_lite.yaml
 
 
 class _LazyHTTP:
@@ -57,7 +59,7 @@ HTTP = _LazyHTTP()
 
 
 def publish_models(
-    env: dict[str, str], seeds: list[int], *, alias: str | None = "champion"
+    env: dict[str, str], seeds: list[int], *, alias: str | None = "champion", contract: str = "ai4i"
 ) -> list[dict[str, Any]]:
     """Train + publish + register one fixture version per seed on the stack described by ``env``.
 
@@ -65,10 +67,11 @@ def publish_models(
     """
     args = [str(TRAIN_PYTHON), str(Path(__file__).resolve()), "publish", "--seeds", *map(str, seeds)]
     args += ["--no-alias"] if alias is None else ["--alias", alias]
+    args += ["--contract", contract]
     result = subprocess.run(
         args,
         cwd=REPO,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **env, "PYTHONPATH": str(REPO), "FAASPIPE_CONTRACT_DIRS": str(TEST_CONTRACTS)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -148,12 +151,12 @@ def promote(stack: Stack, version: str, previous: str | None, model_name: str = 
     assert resp.status == 202, resp.data
 
 
-def wait_served(stack: Stack, version: str, timeout: float = 60.0) -> None:
+def wait_served(stack: Stack, version: str, timeout: float = 60.0, model_name: str = MODEL_NAME) -> None:
     """Until predict serves ``version`` on every replica (a few answers in a row agree)."""
     from tests.conftest import wait_until
 
     wait_until(
-        lambda: all(served_version(stack) == version for _ in range(4)),
+        lambda: all(served_version(stack, model_name) == version for _ in range(4)),
         timeout,
         interval=0.5,
         what=f"predict to serve version {version}",
@@ -163,12 +166,12 @@ def wait_served(stack: Stack, version: str, timeout: float = 60.0) -> None:
 # --------------------------------------------------------------------------- train-venv side
 
 
-def _load_frame(path: Path):  # type: ignore[no-untyped-def]
+def _load_frame(path: Path, name: str):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     from shared.contracts import get_contract
 
-    contract = get_contract("ai4i")
+    contract = get_contract(name)
     frame = pd.read_csv(path).rename(columns={c.source: c.name for c in contract.columns})
     derived = contract.derive({name: frame[name] for name in frame.columns})
     for name in contract.derived:
@@ -188,13 +191,13 @@ def _encoded(contract, frame):  # type: ignore[no-untyped-def]
     return np.column_stack(columns)
 
 
-def _train(seed: int) -> dict[str, Any]:
+def _train(seed: int, contract_name: str) -> dict[str, Any]:
     import numpy as np
     import xgboost as xgb
     from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    contract, frame = _load_frame(DATASET_CSV)
+    contract, frame = _load_frame(DATASET_CSV, contract_name)
     train, holdout = train_test_split(frame, test_size=0.2, random_state=seed, stratify=frame[contract.label])
     features = list(contract.encoded_features)
     dtrain = xgb.DMatrix(_encoded(contract, train), label=train[contract.label], feature_names=features)
@@ -242,7 +245,7 @@ def _put(s3, key: str, data: bytes, content_type: str) -> None:  # type: ignore[
     s3.put_object(layout.MODELS, key, io.BytesIO(data), len(data), content_type=content_type)
 
 
-def publish(seed: int, alias: str | None) -> dict[str, Any]:
+def publish(seed: int, alias: str | None, contract_name: str = "ai4i") -> dict[str, Any]:
     """Train on ``seed``, register a version, write its serving artefacts, then set ``alias``."""
     from datetime import UTC, datetime
 
@@ -253,7 +256,7 @@ def publish(seed: int, alias: str | None) -> dict[str, Any]:
     from shared import layout
     from shared.settings import s3_client
 
-    trained = _train(seed)
+    trained = _train(seed, contract_name)
     contract = trained["contract"]
     name = contract.model_name
     model_json = bytes(trained["booster"].save_raw("json"))
@@ -311,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     pub.add_argument("--seeds", type=int, nargs="+", default=[0])
     pub.add_argument("--alias", default="champion", help="alias set on the first version")
     pub.add_argument("--no-alias", action="store_true")
+    pub.add_argument("--contract", default="ai4i", help="the data contract whose model is trained")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     alias = None if args.no_alias else args.alias
-    results = [publish(seed, alias if i == 0 else None) for i, seed in enumerate(args.seeds)]
+    results = [publish(seed, alias if i == 0 else None, args.contract) for i, seed in enumerate(args.seeds)]
     print(json.dumps(results))
 
 

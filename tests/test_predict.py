@@ -26,9 +26,18 @@ from functions.predict.inputs import (
     rows_from_instances,
     rows_from_v2_inputs,
 )
-from shared.contracts import get_contract
+from shared.contracts import get_contract, load_contract
 from tests.conftest import REPO, Stack, wait_until
-from tests.fixtures_model import MODEL_NAME, ai4i_rows, promote, publish_models, serving_stack, wait_served
+from tests.fixtures_model import (
+    LITE_MODEL_NAME,
+    MODEL_NAME,
+    TEST_CONTRACTS,
+    ai4i_rows,
+    promote,
+    publish_models,
+    serving_stack,
+    wait_served,
+)
 from tests.functions.serve_recorder.client import recorded
 
 CONTRACT = get_contract("ai4i")
@@ -302,6 +311,77 @@ def test_tritonclient_with_its_defaults_binary_tensors_both_ways(
         client.close()
 
 
+@pytest.mark.integration
+def test_every_contracts_champion_is_served_by_both_routes(serving: Stack, champion: dict[str, Any]) -> None:
+    """A second contract (tests/contracts/ai4i_lite.yaml, other features) gets a champion: predict
+    serves it with no configuration, loaded on its first request, by model or dataset name, on
+    the JSON route and over the Open Inference Protocol, beside the first model."""
+    lite_contract = load_contract(TEST_CONTRACTS / "ai4i_lite.yaml")
+    (lite,) = publish_models(serving.config.function_env(), [103], contract="ai4i-lite")
+    promote(serving, lite["version"], None, model_name=LITE_MODEL_NAME)
+    rows = [{name: row[name] for name in lite_contract.raw_inputs} for row in (ROW, FAILING_ROW)]
+
+    status, by_dataset = call(serving, "POST", "predict", {"dataset": "ai4i-lite", "instances": rows})
+    assert status == 200, by_dataset
+    assert by_dataset["model_name"] == LITE_MODEL_NAME and by_dataset["model_version"] == lite["version"]
+    status, by_model = call(serving, "POST", "predict", {"model": LITE_MODEL_NAME, "instances": rows})
+    assert status == 200 and by_model["predictions"] == by_dataset["predictions"], by_model
+    tensors = [
+        {"name": n, "shape": [2], "datatype": "FP32", "data": [r[n] for r in rows]}
+        for n in lite_contract.raw_inputs
+    ]
+    status, v2 = call(serving, "POST", f"v2/models/{LITE_MODEL_NAME}/infer", {"inputs": tensors})
+    assert status == 200, v2
+    assert v2["model_version"] == lite["version"]
+    probabilities = [p["probability"] for p in by_dataset["predictions"]]
+    assert v2["outputs"][0]["data"] == pytest.approx(probabilities, abs=1e-6)
+    status, meta = call(serving, "GET", f"v2/models/{LITE_MODEL_NAME}")
+    assert status == 200 and [i["name"] for i in meta["inputs"]] == list(lite_contract.raw_inputs), meta
+
+    # the first model answers as before, by default and by name; each model its own encoding
+    status, plain = call(serving, "POST", "predict", {"instances": [ROW]})
+    assert status == 200 and plain["model_name"] == MODEL_NAME, plain
+    status, wrong = call(serving, "POST", "predict", {"model": MODEL_NAME, "instances": rows})
+    assert status == 400 and "type" in wrong["error"], wrong
+
+    # the repository extension: both READY (on the replica that answered), unload then load
+    status, index = call(serving, "POST", "v2/repository/index", {})
+    assert status == 200 and {MODEL_NAME, LITE_MODEL_NAME} <= {e["name"] for e in index}, index
+    status, listed = call(serving, "GET", "v2/models")
+    assert status == 200 and {MODEL_NAME, LITE_MODEL_NAME} <= {e["name"] for e in listed["models"]}
+    status, loaded = call(serving, "POST", f"v2/repository/models/{LITE_MODEL_NAME}/load")
+    assert status == 200 and loaded["version"] == lite["version"], loaded
+    status, _ = call(serving, "POST", "v2/repository/models/ai4i-lite/unload")
+    assert status == 200
+    status, again = call(serving, "POST", "predict", {"dataset": "ai4i-lite", "instances": rows})
+    assert status == 200 and again["predictions"] == by_dataset["predictions"], again
+    status, unknown = call(serving, "POST", "v2/repository/models/nope/load")
+    assert status == 404 and LITE_MODEL_NAME in unknown["error"], unknown
+
+
+@pytest.mark.integration
+def test_a_pinned_version_is_served_while_it_carries_a_rollout_alias(
+    serving: Stack, champion: dict[str, Any]
+) -> None:
+    """``/v2/models/{name}/versions/{v}`` answers for the champion, and for a version marked
+    challenger, not for a version without a rollout alias."""
+    from tests.fixtures_model import set_alias
+
+    current, following = champion["current"]["version"], champion["next"]["version"]
+    status, meta = call(serving, "GET", f"v2/models/{MODEL_NAME}/versions/{current}")
+    assert status == 200 and meta["versions"] == [current], meta
+    status, refused = call(serving, "GET", f"v2/models/{MODEL_NAME}/versions/{following}")
+    if status == 200:
+        pytest.skip(f"version {following} already carries a rollout alias (hot-swap test ran first)")
+    assert status == 404 and "aliases" in refused["error"], refused
+    set_alias(serving, following, alias="challenger")
+    body = {"inputs": v2_tensors([ROW])}
+    status, pinned = call(serving, "POST", f"v2/models/{MODEL_NAME}/versions/{following}/infer", body)
+    assert status == 200 and pinned["model_version"] == following, pinned
+    status, default = call(serving, "POST", INFER, body)
+    assert status == 200 and default["model_version"] == current, default
+
+
 def _without(row: dict[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != name}
 
@@ -383,18 +463,19 @@ def test_no_champion_is_503_with_a_reason() -> None:
     script = """
 import json
 from functions.predict import app as predict
-from functions.predict.champion import ChampionHolder
-from shared.contracts import get_contract
+from functions.predict.repository import ModelRepository
+from shared.contracts import all_contracts, get_contract
 
-class NoAlias:
+class Registry:  # ai4i has no champion yet; the lite model's lookups fail
     tracking_uri = "http://mlflow.invalid"
     def alias_version(self, model_name, alias):
+        if model_name == "ai4i-lite-failure":
+            raise RuntimeError("boom: the lite model's registry entry is broken")
         return None
 
 contract = get_contract("ai4i")
-holder = ChampionHolder(contract, NoAlias(), None, model_name=contract.model_name)
-holder.refresh()
-predict._serving = predict.Serving(contract, contract.model_name, holder, None, None)
+models = ModelRepository(all_contracts(), Registry(), None)
+predict._serving = predict.Serving(models, contract.model_name, "http://gateway.invalid", None)
 client = predict.create_app().test_client()
 answers = {
     "ready": client.get("/v2/health/ready"),
@@ -402,6 +483,10 @@ answers = {
     "predict": client.post("/predict", json={"instances": [{"type": "L"}]}),
     "infer": client.post(f"/v2/models/{contract.model_name}/infer", json={"inputs": []}),
     "live": client.get("/v2/health/live"),
+    "lite": client.post("/predict", json={"dataset": "ai4i-lite", "instances": [
+        {"air_temperature_k": 300, "process_temperature_k": 310, "rotational_speed_rpm": 1500, "torque_nm": 40}]}),
+    "unknown": client.post("/predict", json={"model": "nope", "instances": []}),
+    "index": client.post("/v2/repository/index", json={}),
 }
 print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()}))
 """
@@ -411,7 +496,7 @@ print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()})
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "FAASPIPE_CONTRACT_DIRS": str(TEST_CONTRACTS)},
     )
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout.strip().splitlines()[-1])
@@ -421,6 +506,16 @@ print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()})
         assert status == 503, (name, body)
         assert "no 'champion' alias" in body["error"], (name, body)
     assert answers["predict"][0] == 400, "a malformed body is the caller's problem, champion or not"
+    # one model's failing lookup is its own 503, named; the other model's answer is unchanged
+    status, body = answers["lite"]
+    assert status == 503 and "boom" in body["error"] and LITE_MODEL_NAME in body["error"], body
+    status, body = answers["unknown"]
+    assert status == 404 and MODEL_NAME in body["error"] and LITE_MODEL_NAME in body["error"], body
+    status, index = answers["index"]
+    assert status == 200 and {e["name"]: e["state"] for e in index} == {
+        MODEL_NAME: "UNAVAILABLE",
+        LITE_MODEL_NAME: "UNAVAILABLE",
+    }, index
 
 
 # --------------------------------------------------------------------------- hot swap

@@ -1,4 +1,8 @@
-"""predict: the champion model over HTTP — a simple JSON route and Open Inference Protocol v2.
+"""predict: every contract's champion over HTTP — a simple JSON route and Open Inference Protocol v2.
+
+Models (``functions/predict/repository.py``): each data contract's ``model_name``, its champion
+loaded on the first request that names it (by model or dataset name) within a memory budget;
+a request that names no model gets ``FAASPIPE_DATASET``'s.
 
 Routes (all errors are ``{"error": "..."}`` with a 4xx naming the problem, 503 without champion):
 
@@ -14,6 +18,11 @@ Routes (all errors are ``{"error": "..."}`` with a 4xx naming the problem, 503 w
   shape ``[N]``/``[N,1]``; ``type`` as BYTES ``"L"|"M"|"H"``) — what the metadata lists — or a
   single ``input`` tensor FP32 ``[N, 6]`` in ``raw_inputs`` order with ``type`` as its index
   in ``[L, M, H]``. Outputs: ``probability`` FP32 ``[N]`` and ``label`` INT64 ``[N]``.
+  ``"model"`` or ``"dataset"`` in the body picks the model. With the binary tensor data
+  extension (``functions/predict/binary_tensors.py``) inputs and outputs may be binary.
+* OIP model repository: ``POST /v2/repository/index``, ``POST /v2/repository/models/<name>/load``
+  and ``/unload``; ``GET /v2/models`` lists the same. A pinned version
+  (``/v2/models/<name>/versions/<v>``) is served while it carries a rollout alias.
 * ``POST /`` — CloudEvents: ``dev.faaspipe.model.promoted.v1`` for the served model swaps the
   champion in before answering (the broker retries on failure); every replica also polls the
   registry alias every ``FAASPIPE_CHAMPION_POLL_SECONDS`` (default 10 s).
@@ -30,9 +39,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -40,7 +50,7 @@ from prometheus_client import Counter, Histogram
 
 from events import EventDataError, ModelPromoted, PredictionLogged, UnknownEventType, validate_event
 from functions.predict import binary_tensors
-from functions.predict.champion import ChampionHolder, LoadedModel, RegistryClient
+from functions.predict.champion import LoadedModel, RegistryClient
 from functions.predict.features import FeatureServer
 from functions.predict.inputs import (
     BadInput,
@@ -51,9 +61,10 @@ from functions.predict.inputs import (
     rows_from_v2_inputs,
 )
 from functions.predict.prediction_log import PredictionLogger
+from functions.predict.repository import ModelRepository, Unavailable
 from shared import settings
 from shared.cloudevents_io import InvalidCloudEvent, parse_http
-from shared.contracts import Contract, get_contract
+from shared.contracts import Contract, all_contracts, get_contract
 
 log = logging.getLogger("faaspipe.predict")
 
@@ -74,27 +85,32 @@ LATENCY = Histogram(
 class Serving:
     """Everything a replica holds; built by ``init``."""
 
-    contract: Contract
-    model_name: str
-    champion: ChampionHolder
-    features: FeatureServer
+    models: ModelRepository
+    default_model: str  # what a request naming no model gets (FAASPIPE_DATASET's model)
+    gateway_url: str
     logger: PredictionLogger
+    features: dict[str, FeatureServer] = field(default_factory=dict)
+
+    def feature_server(self, dataset: str) -> FeatureServer:
+        if dataset not in self.features:
+            self.features[dataset] = FeatureServer(self.gateway_url, dataset)
+        return self.features[dataset]
 
 
 _serving: Serving | None = None
 
 
 def init() -> None:
-    """Set the replica up and start looking for the champion (does not wait for one)."""
+    """Set the replica up and look for the default model's champion (does not wait for one);
+    every other contract's champion is loaded by its first request."""
     global _serving
-    contract = get_contract(os.environ.get("FAASPIPE_DATASET", "ai4i"))
-    model_name = contract.model_name
-    champion = ChampionHolder(
-        contract,
+    default = get_contract(os.environ.get("FAASPIPE_DATASET", "ai4i"))
+    models = ModelRepository(
+        all_contracts(),
         RegistryClient(os.environ["MLFLOW_TRACKING_URI"]),
         settings.s3_client(),
-        model_name=model_name,
         alias=os.environ.get("FAASPIPE_SERVING_ALIAS", "champion"),
+        budget_bytes=int(float(os.environ.get("FAASPIPE_PREDICT_MEMORY_MB", "512")) * 1024 * 1024),
     )
     # Its own topic (function.yaml), read by the monitor's Kafka source: the broker's
     # triggers never have to skip the prediction stream.
@@ -103,21 +119,23 @@ def init() -> None:
     )
     logger.start()
     try:
-        champion.refresh()
+        models.champion(default.model_name)
     except Exception as exc:  # noqa: BLE001 - the poll retries; /v2/health/ready reports why
         log.warning("no champion at start-up: %s", exc)
-    if champion.current is None:
-        log.warning(champion.unavailable_reason)
-    champion.start_polling(float(os.environ.get("FAASPIPE_CHAMPION_POLL_SECONDS", "10")))
+    poll_s = float(os.environ.get("FAASPIPE_CHAMPION_POLL_SECONDS", "10"))
+    threading.Thread(target=_poll, args=(models, poll_s), name="champion-poll", daemon=True).start()
     gateway = os.environ.get("FAASPIPE_GATEWAY_URL", "http://127.0.0.1:17000")
-    _serving = Serving(contract, model_name, champion, FeatureServer(gateway, contract.name), logger)
+    _serving = Serving(models, default.model_name, gateway, logger)
+
+
+def _poll(models: ModelRepository, interval_s: float) -> None:
+    """Every replica converges on the aliases even if it missed an event."""
+    while True:
+        time.sleep(interval_s)
+        models.refresh_all()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Unavailable(RuntimeError):
-    """No champion (or the replica is still starting): 503."""
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -130,11 +148,15 @@ def _state() -> Serving:
     return _serving
 
 
-def _model(state: Serving) -> LoadedModel:
-    model = state.champion.current  # read once: the whole request uses this one model
-    if model is None:
-        raise Unavailable(state.champion.unavailable_reason)
-    return model
+def _model(state: Serving, name: str | None = None, version: str | None = None) -> LoadedModel:
+    """The model a request names (a model or dataset name; none → the default model), read
+    once: the whole request uses this one model object."""
+    model = state.default_model if name is None else state.models.resolve(name)
+    return state.models.get(model, version)
+
+
+def _contract(state: Serving, model: LoadedModel) -> Contract:
+    return state.models.contract(model.name)
 
 
 def _json_body() -> dict[str, Any]:
@@ -156,7 +178,7 @@ def _request_id(candidate: Any = None) -> str:
 
 
 def _score(model: LoadedModel, state: Serving, rows: list[RawRow]) -> tuple[list[float], list[int]]:
-    probabilities = model.predict_proba(encode_rows(state.contract, rows))
+    probabilities = model.predict_proba(encode_rows(_contract(state, model), rows))
     probs = [min(1.0, max(0.0, float(p))) for p in probabilities]
     return probs, [1 if p >= model.threshold else 0 for p in probs]
 
@@ -219,18 +241,30 @@ def _predict_json() -> tuple[Response, int]:
     has_entities, has_instances = "entities" in body, "instances" in body
     if has_entities == has_instances:
         raise BadInput('send exactly one of "entities" (entity ids) or "instances" (raw feature values)')
+    unknown = sorted(set(body) - {"entities", "instances", "model", "dataset"})
+    if unknown:
+        raise BadInput(
+            f"unknown field(s) {unknown}; expected 'entities' or 'instances', and 'model' or 'dataset'"
+        )
+    if "model" in body and "dataset" in body:
+        raise BadInput("name the model either by 'model' or by 'dataset', not both")
+    named = body.get("model", body.get("dataset"))
+    if named is not None and (not isinstance(named, str) or not named):
+        raise BadInput("'model' / 'dataset' must be a non-empty string")
+    model_name = state.default_model if named is None else state.models.resolve(named)
+    contract = state.models.contract(model_name)
     entities: list[int] | None = None
     if has_entities:
         entities = parse_entities(body["entities"])
-        model = _model(state)
-        fetched = state.features.rows(entities)
+        model = _model(state, model_name)
+        fetched = state.feature_server(contract.name).rows(entities)
         try:
-            rows = rows_from_instances(state.contract, fetched)
+            rows = rows_from_instances(contract, fetched)
         except BadInput as exc:
             raise BadInput(f"feature server returned an unusable row: {exc}", status=502) from exc
     else:
-        rows = rows_from_instances(state.contract, body["instances"])
-        model = _model(state)
+        rows = rows_from_instances(contract, body["instances"])
+        model = _model(state, model_name)
     request_id = _request_id()
     probs, labels = _score(model, state, rows)
     _log_predictions(
@@ -259,18 +293,11 @@ def _predict_json() -> tuple[Response, int]:
 
 
 def _check_model_path(state: Serving, name: str, version: str | None) -> LoadedModel:
-    if name != state.model_name:
-        raise BadInput(f"unknown model '{name}'; this server serves '{state.model_name}'", status=404)
-    model = _model(state)
-    if version is not None and version != model.version:
-        raise BadInput(
-            f"model '{name}' version '{version}' is not loaded; serving version '{model.version}'", status=404
-        )
-    return model
+    return _model(state, name, version)
 
 
 def _v2_metadata(state: Serving, model: LoadedModel) -> dict[str, Any]:
-    contract = state.contract
+    contract = _contract(state, model)
     return {
         "name": model.name,
         "versions": [model.version],
@@ -305,7 +332,7 @@ def _v2_infer(name: str, version: str | None) -> tuple[Response, int]:
     body = binary_tensors.read_request(request.get_data(), request.headers.get(binary_tensors.HEADER))
     if "inputs" not in body:
         raise BadInput("missing 'inputs': a list of tensors {name, shape, datatype, data}")
-    rows = rows_from_v2_inputs(state.contract, body["inputs"])
+    rows = rows_from_v2_inputs(_contract(state, model), body["inputs"])
     request_id = _request_id(body.get("id"))
     probs, labels = _score(model, state, rows)
     _log_predictions(
@@ -353,7 +380,7 @@ def _on_event() -> tuple[Response, int] | Response:
         return _error(400, f"predict handles only {PROMOTED} events, got {event.get_type()}")
     state = _state()
     promoted = ModelPromoted.from_event(event)
-    if promoted.model_name != state.model_name or promoted.alias != state.champion.alias:
+    if promoted.model_name not in state.models.contracts or promoted.alias != state.models.alias:
         return Response(status=202)
     log.info(
         "%s: %s v%s is the new %s; refreshing",
@@ -362,7 +389,7 @@ def _on_event() -> tuple[Response, int] | Response:
         promoted.version,
         promoted.alias,
     )
-    state.champion.refresh()  # raises → 500 → the broker retries
+    state.models.refresh(promoted.model_name)  # raises → 500 → the broker retries
     return Response(status=202)
 
 
@@ -398,7 +425,9 @@ def create_app() -> Flask:
 
     @app.get("/v2")
     def server_metadata() -> Response:
-        return jsonify(name="faaspipe-predict", version="1", extensions=[binary_tensors.EXTENSION])
+        return jsonify(
+            name="faaspipe-predict", version="1", extensions=[binary_tensors.EXTENSION, "model_repository"]
+        )
 
     @app.get("/v2/health/live")
     def live() -> Response:
@@ -429,6 +458,42 @@ def create_app() -> Flask:
             return jsonify(name=model.name, version=model.version, ready=True), 200
 
         return _answer("v2-ready", time.perf_counter(), call)
+
+    @app.post("/v2/repository/index")
+    def repository_index() -> tuple[Response, int]:
+        def call() -> tuple[Response, int]:
+            body = request.get_json(silent=True) or {}
+            ready_only = isinstance(body, dict) and body.get("ready") is True
+            entries = [e.as_dict() for e in _state().models.index() if not ready_only or e.state == "READY"]
+            return jsonify(entries), 200
+
+        return _answer("v2-repository", time.perf_counter(), call)
+
+    @app.get("/v2/models")
+    def models_list() -> tuple[Response, int]:
+        def call() -> tuple[Response, int]:
+            return jsonify(models=[e.as_dict() for e in _state().models.index()]), 200
+
+        return _answer("v2-repository", time.perf_counter(), call)
+
+    @app.post("/v2/repository/models/<name>/load")
+    def repository_load(name: str) -> tuple[Response, int]:
+        def call() -> tuple[Response, int]:
+            models = _state().models
+            model = models.load(models.resolve(name))
+            return jsonify(name=model.name, version=model.version, state="READY"), 200
+
+        return _answer("v2-repository", time.perf_counter(), call)
+
+    @app.post("/v2/repository/models/<name>/unload")
+    def repository_unload(name: str) -> tuple[Response, int]:
+        def call() -> tuple[Response, int]:
+            models = _state().models
+            model = models.resolve(name)
+            models.unload(model)
+            return jsonify(name=model, state="UNLOADED"), 200
+
+        return _answer("v2-repository", time.perf_counter(), call)
 
     @app.post("/v2/models/<name>/infer")
     @app.post("/v2/models/<name>/versions/<version>/infer")

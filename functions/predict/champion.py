@@ -48,6 +48,7 @@ class LoadedModel:
     booster: xgboost.Booster
     threshold: float
     meta: dict[str, Any]
+    size_bytes: int = 0  # estimated memory: the size of its model file
     loaded_at: float = field(default_factory=time.time)
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def load_model(s3: Minio, contract: Contract, model_name: str, version: str) -> 
         raise ArtefactError(
             f"{model_name} v{version}: booster has {booster.num_features()} features, expected {len(expected)}"
         )
-    model = LoadedModel(model_name, version, booster, float(meta["threshold"]), meta)
+    model = LoadedModel(model_name, version, booster, float(meta["threshold"]), meta, size_bytes=len(raw))
     model.predict_proba(np.zeros((1, len(expected)), dtype=np.float32))  # warm-up before it serves
     return model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import functools
 import operator
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -206,9 +207,34 @@ def load_contract(path: Path) -> Contract:
     return contract
 
 
+def contract_dirs() -> list[Path]:
+    """This folder, then the ``:``-separated folders of ``FAASPIPE_CONTRACT_DIRS`` (if set)."""
+    extra = [Path(p) for p in os.environ.get("FAASPIPE_CONTRACT_DIRS", "").split(os.pathsep) if p]
+    return [CONTRACTS_DIR, *extra]
+
+
 @functools.cache
 def all_contracts() -> dict[str, Contract]:
-    return {c.name: c for c in (load_contract(p) for p in sorted(CONTRACTS_DIR.glob("*.yaml")))}
+    """Every contract by name; a name or a model name declared twice is an error."""
+    found: dict[str, Contract] = {}
+    models: dict[str, str] = {}
+    for folder in contract_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            contract = load_contract(path)
+            if contract.name in found:
+                raise ContractError(f"{path}: contract {contract.name!r} is declared twice")
+            if contract.model_name in models:
+                raise ContractError(
+                    f"{path}: model {contract.model_name!r} is already the model of {models[contract.model_name]!r}"
+                )
+            found[contract.name] = contract
+            models[contract.model_name] = contract.name
+    return found
+
+
+def contract_for_model(model_name: str) -> Contract | None:
+    """The contract that declares ``model_name`` (None if none does)."""
+    return next((c for c in all_contracts().values() if c.model_name == model_name), None)
 
 
 def get_contract(name: str) -> Contract:
