@@ -23,6 +23,7 @@ class Target:
     description: str
     url: Callable[[], str]  # resolved just before each run (a replica's port can change)
     bodies: Path  # JSON array of request bodies (strings)
+    cache_control: str = ""  # sent as Cache-Control ("no-cache": predict skips its response cache)
 
 
 def write_bodies(path: Path, bodies: list[str]) -> Path:
@@ -35,7 +36,13 @@ def run_point(target: Target, concurrency: int, seconds: float) -> dict[str, Any
     url = target.url()
     run = run_k6(
         "http_load.js",
-        {"URL": url, "BODIES": target.bodies, "VUS": concurrency, "DURATION": f"{seconds:g}s"},
+        {
+            "URL": url,
+            "BODIES": target.bodies,
+            "VUS": concurrency,
+            "DURATION": f"{seconds:g}s",
+            "CACHE_CONTROL": target.cache_control,
+        },
         timeout_s=seconds + 120,
     )
     ok = run.count("status_200")

@@ -70,6 +70,10 @@ def _number(setting: Setting, raw: str) -> str | None:
 def _value_problem(setting: Setting, raw: str) -> str | None:
     if setting.kind in ("int", "float", "port"):
         return _number(setting, raw)
+    if setting.name == "FAASPIPE_PREDICT_CACHE" and not (
+        raw in ("off", "memory") or raw.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        return f"expected off, memory or redis://host:port/db, got {raw!r}"
     if setting.kind == "choice" and raw not in setting.choices:
         return f"must be one of {', '.join(setting.choices)}, got {raw!r}"
     if setting.kind == "loglevel" and not isinstance(logging.getLevelName(raw.upper()), int):

@@ -527,13 +527,15 @@ def test_hot_swap_without_failed_requests(serving: Stack, champion: dict[str, An
     rows = ai4i_rows()[:200]
     stop = threading.Event()
     outcomes: list[tuple[float, int, str]] = []
+    answers: dict[tuple[int, str], set[float]] = {}  # (row, version) → probabilities answered
     lock = threading.Lock()
 
     def loop(offset: int) -> None:
         pool = urllib3.PoolManager(maxsize=1, retries=False, timeout=urllib3.Timeout(connect=2, read=30))
         i = offset
         while not stop.is_set():
-            row = {k: rows[i % len(rows)][k] for k in CONTRACT.raw_inputs}
+            index = i % len(rows)
+            row = {k: rows[index][k] for k in CONTRACT.raw_inputs}
             i += 1
             try:
                 resp = pool.request(
@@ -542,8 +544,14 @@ def test_hot_swap_without_failed_requests(serving: Stack, champion: dict[str, An
                     body=json.dumps({"instances": [row]}).encode(),
                     headers={"Content-Type": "application/json"},
                 )
-                version = json.loads(resp.data).get("model_version", "") if resp.status == 200 else ""
+                answer = json.loads(resp.data) if resp.status == 200 else {}
+                version = answer.get("model_version", "")
                 outcome = (time.monotonic(), resp.status, version or resp.data.decode(errors="replace")[:200])
+                if version:
+                    with lock:
+                        answers.setdefault((index, version), set()).add(
+                            answer["predictions"][0]["probability"]
+                        )
             except urllib3.exceptions.HTTPError as exc:
                 outcome = (time.monotonic(), 0, str(exc))
             with lock:
@@ -575,6 +583,17 @@ def test_hot_swap_without_failed_requests(serving: Stack, champion: dict[str, An
     assert set(versions) == {old, new}, versions
     after = Counter(v for t, _, v in outcomes if t > settled_at)
     assert set(after) == {new}, after
+    # rows repeat (the response cache answers them): each version always gives a row one answer,
+    # and the new version's answers are its own, not the old model's cached ones
+    for index in sorted({r for r, v in answers if v == old}):  # each row the old model answered, again
+        row = {k: rows[index][k] for k in CONTRACT.raw_inputs}
+        status, again = call(serving, "POST", "predict", {"instances": [row]})
+        assert status == 200 and again["model_version"] == new, again
+        answers.setdefault((index, new), set()).add(again["predictions"][0]["probability"])
+    assert all(len(p) == 1 for p in answers.values()), {k: p for k, p in answers.items() if len(p) > 1}
+    both = [r for r in range(len(rows)) if (r, old) in answers and (r, new) in answers]
+    same = [r for r in both if answers[(r, old)] == answers[(r, new)]]
+    assert both and len(same) < len(both) / 2, f"{len(same)} of {len(both)} rows got the old model's answer"
     print(
         f"hot swap: {len(outcomes)} requests, none failed; first v{new} answer "
         f"{swapped_at - promoted_at:.2f}s after the promotion, versions {dict(versions)}"

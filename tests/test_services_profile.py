@@ -30,13 +30,7 @@ from tests.conftest import REPO, TEST_PORT_BASE, Stack, _stack_processes, wait_u
 
 pytestmark = pytest.mark.integration
 PORT_BASE = TEST_PORT_BASE + 1000  # the session stack uses +0, durable_stack +500
-# This profile is about where state lives, not about tuning: a 4-trial study reaches a champion
-# in a third of the default's time (the services test was the slowest of `make test`).
-STACK_ENV = {
-    "FAASPIPE_START_TIMEOUT_S": "600",
-    "FAASPIPE_TUNE_TRIALS": "4",
-    "FAASPIPE_TUNE_PATIENCE": "0",
-}
+STACK_ENV = {"FAASPIPE_START_TIMEOUT_S": "600"}
 HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))
 
 

@@ -85,6 +85,10 @@ def test_up_with_an_unreachable_idempotency_redis_names_it_and_starts_nothing(tm
         ({"FAASPIPE_FUNCTION_DIRS": "/nonexistent/functions"}, "FAASPIPE_FUNCTION_DIRS"),
         ({"FAASPIPE_VENVS_DIR": "/nonexistent/venvs"}, "FAASPIPE_VENVS_DIR"),
         ({"FAASPIPE_DRIFT_P_VAL": "five percent"}, "FAASPIPE_DRIFT_P_VAL"),
+        ({"FAASPIPE_PREDICT_CACHE": "memcached://h:1"}, "FAASPIPE_PREDICT_CACHE"),
+        ({"FAASPIPE_PREDICT_CACHE_SIZE": "0"}, "FAASPIPE_PREDICT_CACHE_SIZE"),
+        ({"FAASPIPE_CONTRACT_DIRS": "/nonexistent/contracts"}, "FAASPIPE_CONTRACT_DIRS"),
+        ({"FAASPIPE_CONTRACT_DIRS": str(REPO / "shared" / "contracts")}, "FAASPIPE_CONTRACT_DIRS"),  # twice
     ],
 )
 def test_preflight_names_the_setting_that_cannot_work(env: dict[str, str], setting: str) -> None:

@@ -8,6 +8,7 @@
 //             VUs cycle through them (a realistic stream: one row repeated is drift)
 //   VUS       concurrency (required); DURATION e.g. "10s" (required)
 //   SUMMARY   path of the JSON summary (handleSummary's data object)
+//   CACHE_CONTROL  sent as Cache-Control when set ("no-cache": predict scores every request)
 import http from 'k6/http';
 import exec from 'k6/execution';
 import { SharedArray } from 'k6/data';
@@ -15,8 +16,12 @@ import { Counter } from 'k6/metrics';
 
 const bodies = new SharedArray('bodies', () => JSON.parse(open(__ENV.BODIES)));
 const url = __ENV.URL;
+const headers = { 'Content-Type': 'application/json' };
+if (__ENV.CACHE_CONTROL) {
+  headers['Cache-Control'] = __ENV.CACHE_CONTROL;
+}
 const params = {
-  headers: { 'Content-Type': 'application/json' },
+  headers: headers,
   responseType: 'none',
   timeout: '30s',
 };

@@ -23,7 +23,7 @@ import numpy as np
 from minio import Minio
 
 from shared import layout
-from shared.contracts import Contract
+from shared.contracts import Contract, contract_for_model
 from shared.settings import read_object
 
 log = logging.getLogger("faaspipe.monitor.drift")
@@ -139,9 +139,8 @@ class ReferenceCache:
                 return self._detectors[key]
             object_key = layout.serving_model(model_name, version, "reference.csv")
             data = read_object(layout.MODELS, object_key, self.s3)
-            detector = FeatureDriftDetector(
-                self.contract, read_reference_csv(data, self.contract), self.p_val
-            )
+            contract = contract_for_model(model_name) or self.contract  # each model its own features
+            detector = FeatureDriftDetector(contract, read_reference_csv(data, contract), self.p_val)
             log.info(
                 "drift reference for %s v%s: %d rows from %s",
                 model_name,

@@ -49,7 +49,8 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import Counter, Histogram
 
 from events import EventDataError, ModelPromoted, PredictionLogged, UnknownEventType, validate_event
-from functions.predict import binary_tensors
+from functions.predict import binary_tensors, cache
+from functions.predict.cache import CachedScorer
 from functions.predict.champion import LoadedModel, RegistryClient
 from functions.predict.features import FeatureServer
 from functions.predict.inputs import (
@@ -89,6 +90,7 @@ class Serving:
     default_model: str  # what a request naming no model gets (FAASPIPE_DATASET's model)
     gateway_url: str
     logger: PredictionLogger
+    scorer: CachedScorer = field(default_factory=lambda: CachedScorer(None))
     features: dict[str, FeatureServer] = field(default_factory=dict)
 
     def feature_server(self, dataset: str) -> FeatureServer:
@@ -112,6 +114,8 @@ def init() -> None:
         alias=os.environ.get("FAASPIPE_SERVING_ALIAS", "champion"),
         budget_bytes=int(float(os.environ.get("FAASPIPE_PREDICT_MEMORY_MB", "512")) * 1024 * 1024),
     )
+    scorer = CachedScorer(cache.from_settings(os.environ))
+    models.on_swap = scorer.forget_model  # a moved alias drops the replica's entries of that model
     # Its own topic (function.yaml), read by the monitor's Kafka source: the broker's
     # triggers never have to skip the prediction stream.
     logger = PredictionLogger(
@@ -125,7 +129,7 @@ def init() -> None:
     poll_s = float(os.environ.get("FAASPIPE_CHAMPION_POLL_SECONDS", "10"))
     threading.Thread(target=_poll, args=(models, poll_s), name="champion-poll", daemon=True).start()
     gateway = os.environ.get("FAASPIPE_GATEWAY_URL", "http://127.0.0.1:17000")
-    _serving = Serving(models, default.model_name, gateway, logger)
+    _serving = Serving(models, default.model_name, gateway, logger, scorer)
 
 
 def _poll(models: ModelRepository, interval_s: float) -> None:
@@ -178,9 +182,21 @@ def _request_id(candidate: Any = None) -> str:
 
 
 def _score(model: LoadedModel, state: Serving, rows: list[RawRow]) -> tuple[list[float], list[int]]:
-    probabilities = model.predict_proba(encode_rows(_contract(state, model), rows))
-    probs = [min(1.0, max(0.0, float(p))) for p in probabilities]
-    return probs, [1 if p >= model.threshold else 0 for p in probs]
+    """(probabilities, labels) of ``rows``: cached rows from the response cache, the rest scored
+    in one call (``Cache-Control: no-cache`` or ``no-store`` skips the cache)."""
+    contract = _contract(state, model)
+
+    def compute(indexes: list[int]) -> list[tuple[float, int]]:
+        probabilities = model.predict_proba(encode_rows(contract, [rows[i] for i in indexes]))
+        probs = [min(1.0, max(0.0, float(p))) for p in probabilities]
+        return [(p, 1 if p >= model.threshold else 0) for p in probs]
+
+    directives = request.headers.get("Cache-Control", "").lower()
+    if "no-cache" in directives or "no-store" in directives:  # the caller wants a fresh score
+        scored = compute(list(range(len(rows))))
+    else:
+        scored = state.scorer.score(model.name, model.version, rows, compute)
+    return [p for p, _ in scored], [y for _, y in scored]
 
 
 def _log_predictions(

@@ -74,6 +74,7 @@ class ModelRepository:
         self._pinned: dict[tuple[str, str], LoadedModel] = {}
         self._lru: OrderedDict[tuple[str, str | None], int] = OrderedDict()  # (model, pinned version) → bytes
         self._lock = threading.RLock()
+        self.on_swap: Callable[[str], None] | None = None  # called with a model whose alias moved
         BUDGET_BYTES.set(budget_bytes)
 
     # ---------------------------------------------------------------- names
@@ -192,6 +193,8 @@ class ModelRepository:
         swapped = holder.refresh()
         if swapped and holder.current is not None:
             self._used(model, None, holder.current)
+            if self.on_swap is not None:
+                self.on_swap(model)
         return swapped
 
     def refresh_all(self) -> None:

@@ -28,7 +28,7 @@ from functions.promote.decision import Decision, decide, roc_auc_gate
 from functions.promote.registry import CHAMPION, MlflowRegistry
 from shared import layout, modelling
 from shared.cloudevents_io import CloudEvent
-from shared.contracts import Contract, all_contracts, get_contract
+from shared.contracts import Contract, contract_for_model, get_contract
 
 log = logging.getLogger("faaspipe.promote")
 
@@ -142,9 +142,9 @@ def _decide(registry: MlflowRegistry, registered: ModelRegistered, event: CloudE
 
 def _serving_contract(model_name: str, meta: dict[str, Any] | None) -> Contract:
     """The contract the serving function encodes for this model (declared by its model_name)."""
-    for contract in all_contracts().values():
-        if contract.model_name == model_name:
-            return contract
+    contract = contract_for_model(model_name)
+    if contract is not None:
+        return contract
     if meta and meta.get("contract"):
         return get_contract(str(meta["contract"]).split("@")[0])
     raise modelling.rejection(

@@ -36,7 +36,7 @@ from events import (
 )
 from functions.tune import study
 from functions.tune.space import XGBOOST_SPACE, Dimension, initial_design, params_of, suggest
-from shared import layout, modelling
+from shared import contracts, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
 from shared.emit import emit
@@ -120,10 +120,10 @@ def _on_retrain_requested(event: CloudEvent) -> None:
 
 
 def contract_for_model(model_name: str) -> Contract:
-    for contract in all_contracts().values():
-        if contract.model_name == model_name:
-            return contract
-    raise modelling.rejection(f"no data contract declares model {model_name!r}")
+    contract = contracts.contract_for_model(model_name)
+    if contract is None:
+        raise modelling.rejection(f"no data contract declares model {model_name!r}")
+    return contract
 
 
 def _start_study(contract: Contract, version: str, feature_view: str, event: CloudEvent) -> None:
