@@ -68,8 +68,10 @@ repo = fresh(budget=1000)
 sizes.update({AI4I: 600, LITE: 600})
 repo.champion(AI4I); repo.champion(LITE)
 first = repo.loaded_names()
+repo.refresh_all()  # the poll must not bring the evicted model back
+polled = list(loads)
 repo.champion(AI4I)
-out["lru"] = {"after_lite": first, "loads": list(loads), "after_ai4i": repo.loaded_names()}
+out["lru"] = {"after_lite": first, "after_poll": polled, "loads": list(loads), "after_ai4i": repo.loaded_names()}
 
 repo = fresh()
 broken.add(LITE)
@@ -118,6 +120,7 @@ def test_an_unknown_name_is_404_listing_what_is_served(outcomes: dict[str, Any])
 def test_past_the_budget_the_least_recently_used_model_is_unloaded(outcomes: dict[str, Any]) -> None:
     lru = outcomes["lru"]
     assert lru["after_lite"] == [LITE_MODEL_NAME], "600 + 600 > 1000: the older model went"
+    assert lru["after_poll"] == [MODEL_NAME, LITE_MODEL_NAME], "the alias poll does not reload it"
     assert lru["loads"] == [MODEL_NAME, LITE_MODEL_NAME, MODEL_NAME], "and is loaded again when asked"
     assert lru["after_ai4i"] == [MODEL_NAME]
 

@@ -73,6 +73,7 @@ class ModelRepository:
         self._holders: dict[str, ChampionHolder] = {}
         self._pinned: dict[tuple[str, str], LoadedModel] = {}
         self._lru: OrderedDict[tuple[str, str | None], int] = OrderedDict()  # (model, pinned version) → bytes
+        self._evicted: set[str] = set()  # champions unloaded for the budget: back on their next request
         self._lock = threading.RLock()
         self.on_swap: Callable[[str], None] | None = None  # called with a model whose alias moved
         BUDGET_BYTES.set(budget_bytes)
@@ -117,6 +118,8 @@ class ModelRepository:
             current = holder.current
             if current is None:
                 raise Unavailable(f"model '{model}': {holder.unavailable_reason}")
+        with self._lock:
+            self._evicted.discard(model)
         self._used(model, None, current)
         return current
 
@@ -162,6 +165,7 @@ class ModelRepository:
     def unload(self, model: str) -> None:
         with self._lock:
             holder = self._holders.pop(model, None)
+            self._evicted.discard(model)
             for key in [k for k in self._pinned if k[0] == model]:
                 del self._pinned[key]
             for key in [k for k in self._lru if k[0] == model]:
@@ -185,11 +189,12 @@ class ModelRepository:
 
     # ---------------------------------------------------------------- keeping current
     def refresh(self, model: str) -> bool:
-        """The alias moved (event): reload if this replica serves the model; True if swapped."""
+        """The alias moved (event, poll): reload if this replica serves the model; True if swapped.
+        A model unloaded for the budget stays unloaded until a request asks for it."""
         with self._lock:
             holder = self._holders.get(model)
-        if holder is None:
-            return False
+            if holder is None or model in self._evicted:
+                return False
         swapped = holder.refresh()
         if swapped and holder.current is not None:
             self._used(model, None, holder.current)
@@ -243,7 +248,8 @@ class ModelRepository:
         else:
             holder = self._holders.get(model)
             if holder is not None:
-                holder.current = None  # loaded again by its next request
+                holder.current = None  # loaded again by its next request, not by the poll
+                self._evicted.add(model)
 
     def _publish(self) -> None:
         LOADED.set(len(self._lru))
