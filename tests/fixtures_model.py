@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,24 @@ if TYPE_CHECKING:  # the script half runs in the train venv: stdlib imports only
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
-DATASET_CSV = Path(os.environ.get("FAASPIPE_AI4I_CSV", "/work/shared/datasets/ai4i2020.csv"))
+GENERATED_CSV = Path(tempfile.gettempdir()) / "faaspipe-fixture-ai4i-generated-2020.csv"
+
+
+def dataset_csv() -> Path:
+    """The real AI4I file when this machine has it (``$FAASPIPE_AI4I_CSV`` or ``../shared``), else
+    an AI4I-style file from ``localdev/datagen.py`` (seed 2020, made once, written atomically)."""
+    from localdev.datagen import generate, reference_dataset_path, write_csv
+
+    real = reference_dataset_path()
+    if real is not None:
+        return real
+    if not GENERATED_CSV.is_file():
+        partial = GENERATED_CSV.with_suffix(f".{os.getpid()}.part")
+        write_csv(partial, generate(10_000, seed=2020))
+        partial.replace(GENERATED_CSV)
+    return GENERATED_CSV
+
+
 REFERENCE_ROWS = 2000
 MODEL_NAME = "ai4i-machine-failure"  # contract.model_name of ai4i
 TEST_CONTRACTS = REPO / "tests" / "contracts"  # FAASPIPE_CONTRACT_DIRS of the test stacks
@@ -71,7 +89,13 @@ def publish_models(
     result = subprocess.run(
         args,
         cwd=REPO,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO), "FAASPIPE_CONTRACT_DIRS": str(TEST_CONTRACTS)},
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": str(REPO),
+            "FAASPIPE_CONTRACT_DIRS": str(TEST_CONTRACTS),
+            "FAASPIPE_AI4I_CSV": str(dataset_csv()),
+        },
         capture_output=True,
         text=True,
         timeout=600,
@@ -91,7 +115,7 @@ def ai4i_rows() -> list[dict[str, Any]]:
     contract = get_contract("ai4i")
     rename = {c.source: c.name for c in contract.columns}
     rows = []
-    with DATASET_CSV.open(newline="") as handle:
+    with dataset_csv().open(newline="") as handle:
         for raw in csv.DictReader(handle):
             row = {rename[k]: v for k, v in raw.items()}
             typed: dict[str, Any] = {
@@ -197,7 +221,7 @@ def _train(seed: int, contract_name: str) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    contract, frame = _load_frame(DATASET_CSV, contract_name)
+    contract, frame = _load_frame(dataset_csv(), contract_name)
     train, holdout = train_test_split(frame, test_size=0.2, random_state=seed, stratify=frame[contract.label])
     features = list(contract.encoded_features)
     dtrain = xgb.DMatrix(_encoded(contract, train), label=train[contract.label], feature_names=features)

@@ -258,8 +258,8 @@ def test_tritonclient_with_its_defaults_binary_tensors_both_ways(
     serving: Stack, champion: dict[str, Any]
 ) -> None:
     """NVIDIA's HTTP client sends binary inputs and asks for binary outputs unless told not to
-    (the binary tensor data extension); its answer equals the JSON route's, and one binary
-    output can be asked for beside a JSON one."""
+    (the binary tensor data extension); its answer equals the JSON route's, one binary output
+    can be asked for beside a JSON one, and all-JSON requests give the same answer."""
     from urllib.parse import urlsplit
 
     import numpy as np
@@ -307,6 +307,23 @@ def test_tritonclient_with_its_defaults_binary_tensors_both_ways(
         }
         assert shapes == {"label": (False, True), "probability": (True, False)}
         assert mixed.as_numpy("label").tolist() == label.tolist()
+
+        # and all JSON: inputs with binary_data=False, outputs asked as JSON
+        for tensor, source in zip(inputs, CONTRACT.raw_inputs, strict=True):
+            values = [r[source] for r in rows]
+            tensor.set_data_from_numpy(
+                np.array([v.encode() for v in values], dtype=np.object_)
+                if source in CONTRACT.categoricals
+                else np.array(values, dtype=np.float64),
+                binary_data=False,
+            )
+        as_json = client.infer(
+            MODEL_NAME,
+            inputs,
+            outputs=[triton.InferRequestedOutput(n, binary_data=False) for n in ("probability", "label")],
+        )
+        assert all("data" in o for o in as_json.get_response()["outputs"])
+        assert as_json.as_numpy("probability").tolist() == pytest.approx(probability.tolist(), abs=1e-6)
     finally:
         client.close()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 from events import FeaturesMaterialised, StudyCompleted, TrialFinished, TrialRequested
 from functions.tune.study import study_id_for
+from localdev.datagen import reference_dataset_path
 from shared import layout
 from shared.contracts import get_contract
 from tests.conftest import wait_until
@@ -33,7 +33,8 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
-AI4I_CSV = Path(os.environ.get("FAASPIPE_AI4I_CSV", "/work/shared/datasets/ai4i2020.csv"))
+# the real file ($FAASPIPE_AI4I_CSV or ../shared); tests that need it skip, saying so, without it
+AI4I_CSV = reference_dataset_path() or REPO.parent / "shared" / "datasets" / "ai4i2020.csv"
 STUDY_TIMEOUT_S = 540  # pytest-timeout gives a test (fixture set-up included) 600 s
 CHAIN_TIMEOUT_S = 300
 CONTRACT = get_contract("ai4i")
