@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from functions.tune import study
-from localdev.datagen import reference_dataset_path
+from tests.fixtures_model import dataset_csv
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
-# the real file ($FAASPIPE_AI4I_CSV or ../shared); tests that need it skip, saying so, without it
-AI4I_CSV = reference_dataset_path() or REPO.parent / "shared" / "datasets" / "ai4i2020.csv"
+AI4I_CSV = dataset_csv()  # the real file ($FAASPIPE_AI4I_CSV or ../shared), else a generated one
 needs_train_env = pytest.mark.skipif(
     not TRAIN_PYTHON.exists() or not AI4I_CSV.exists(),
     reason="needs the train venv (.venvs/train) and the AI4I CSV",

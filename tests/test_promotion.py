@@ -23,12 +23,11 @@ from typing import Any
 import pytest
 
 from functions.promote.decision import ChampionKeptChanging, Decision, decide, roc_auc_gate
-from localdev.datagen import reference_dataset_path
+from tests.fixtures_model import dataset_csv
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
-# the real file ($FAASPIPE_AI4I_CSV or ../shared); tests that need it skip, saying so, without it
-AI4I_CSV = reference_dataset_path() or REPO.parent / "shared" / "datasets" / "ai4i2020.csv"
+AI4I_CSV = dataset_csv()  # the real file ($FAASPIPE_AI4I_CSV or ../shared), else a generated one
 integration = pytest.mark.integration
 DECISION_TIMEOUT_S = 240
 

@@ -25,16 +25,15 @@ import yaml
 
 from events import FeaturesMaterialised, StudyCompleted, TrialFinished, TrialRequested
 from functions.tune.study import study_id_for
-from localdev.datagen import reference_dataset_path
 from shared import layout
 from shared.contracts import get_contract
 from tests.conftest import wait_until
+from tests.fixtures_model import dataset_csv
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
-# the real file ($FAASPIPE_AI4I_CSV or ../shared); tests that need it skip, saying so, without it
-AI4I_CSV = reference_dataset_path() or REPO.parent / "shared" / "datasets" / "ai4i2020.csv"
+AI4I_CSV = dataset_csv()  # the real file ($FAASPIPE_AI4I_CSV or ../shared), else a generated one
 STUDY_TIMEOUT_S = 540  # pytest-timeout gives a test (fixture set-up included) 600 s
 CHAIN_TIMEOUT_S = 300
 CONTRACT = get_contract("ai4i")
