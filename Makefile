@@ -15,7 +15,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NATIVE_TLS := 1
 export UV_LINK_MODE := copy
 
-.PHONY: help envs up down status test lint format bench lock clean
+.PHONY: help envs up down status test lint format bench lock protos clean
 
 help:
 	@echo "make up      start the local stack (Kafka, S3, MLflow, broker, functions) and run the main job"
@@ -69,6 +69,14 @@ bench: envs
 
 lock: $(UV)
 	$(UV) lock
+
+# The Open Inference Protocol gRPC modules are generated from functions/predict/oip/inference.proto
+# and committed (the images need no code generator). Its protobuf gencode (6.31) must not be newer than the protobuf runtime in uv.lock (6.33).
+PROTO_DIR := functions/predict/oip
+protos: $(UV)
+	$(UV) tool run --from "grpcio-tools==1.75.*" python -m grpc_tools.protoc -I$(PROTO_DIR) \
+		--python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/inference.proto
+	sed -i 's/^import inference_pb2 as/from functions.predict.oip import inference_pb2 as/' $(PROTO_DIR)/inference_pb2_grpc.py
 
 clean: down
 	rm -rf .venv .venvs .tools .faaspipe

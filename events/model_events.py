@@ -95,7 +95,7 @@ class PredictionLogged(EventData):
     request_id: str
     model_name: str
     model_version: str
-    route: Literal["json", "v2"]
+    route: Literal["json", "v2", "grpc"]
     entity_id: str | int | None = None
     inputs: dict[str, float | int | str]
     output: PredictionOutput

@@ -194,12 +194,8 @@ def function_replica(config: StackConfig, fn: Function, index: int, port: int) -
     env = {**config.function_env(), **fn.env, "FAASPIPE_FUNCTION": fn.name}
     if not fn.idempotent:
         env["FAASPIPE_IDEMPOTENCY_URL"] = ""
+    # A gRPC replica binds its port once set up (shared/grpc_server.py): an open port is ready.
+    health_url = None if fn.kind == "grpc" else f"http://127.0.0.1:{port}/health/readiness"
     return _child(
-        config,
-        f"fn-{fn.name}-{index}",
-        argv,
-        env=env,
-        cwd=REPO_ROOT,
-        health_url=f"http://127.0.0.1:{port}/health/readiness",
-        port=port,
+        config, f"fn-{fn.name}-{index}", argv, env=env, cwd=REPO_ROOT, health_url=health_url, port=port
     )

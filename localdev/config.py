@@ -21,6 +21,7 @@ PORT_OFFSETS = {
     "object_events": 2,  # object-events source (S3 / SeaweedFS notifications)
     "supervisor": 3,  # control API + metrics of the supervisor
     "dispatcher": 4,  # the broker's trigger dispatchers: health, /triggers backlogs, metrics
+    "grpc": 5,  # the gateway's gRPC front: every gRPC function's services (localdev/grpc_front.py)
     "kafka": 10,
     "s3": 20,
     "s3_grpc": 21,

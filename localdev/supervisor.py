@@ -32,6 +32,7 @@ from localdev import components
 from localdev.autoscaler import Autoscaler, LagReader
 from localdev.config import StackConfig
 from localdev.gateway import Gateway
+from localdev.grpc_front import GrpcFront
 from localdev.processes import Child, kill_leftovers, pick_port
 from localdev.topology import Function, load_topology
 
@@ -80,6 +81,17 @@ class Supervisor:
             },
         )
         self.autoscaler: Autoscaler | None = None
+
+    def grpc_front(self) -> GrpcFront | None:
+        """Start the gateway's gRPC front when a function serves gRPC."""
+        routes = {
+            service: name for name, fn in self.topology.functions.items() for service in fn.grpc_services
+        }
+        if not routes:
+            return None
+        front = GrpcFront(self.gateway, routes, self.config.ports["grpc"])
+        front.start()
+        return front
 
     # --- start-up --------------------------------------------------------------
     def _wait_ready(self, child: Child, timeout_s: float) -> None:
@@ -322,6 +334,7 @@ class Supervisor:
             "endpoints": {
                 **urls,
                 "gateway": self.config.url("gateway"),
+                "grpc": f"127.0.0.1:{self.config.ports['grpc']}",
                 "supervisor": self.config.url("supervisor"),
             },
         }
@@ -373,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     sup = Supervisor(config)
     (config.state_dir / "supervisor.pid").write_text(str(os.getpid()))
     sup.gateway.start([(control_app(sup), "127.0.0.1", config.ports["supervisor"])])
+    grpc_front = sup.grpc_front()
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
     code = 0
@@ -388,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(2)  # let `faaspipe up` read the failure from /status
     finally:
         sup.shutdown()
+        if grpc_front is not None:
+            grpc_front.stop()
         sup.gateway.stop()
         (config.state_dir / "supervisor.pid").unlink(missing_ok=True)
         log.info("stopped")

@@ -20,7 +20,8 @@ from localdev.keda.metadata import KafkaScalerMetadata, KedaMetadataError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FUNCTION_DIRS = (REPO_ROOT / "functions",)
-KINDS = ("event", "http", "source")
+KINDS = ("event", "http", "source", "grpc")
+GRPC_SUFFIX = "-grpc"  # a function's gRPC endpoint is the derived function <name>-grpc
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 _DURATION = re.compile(r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
 
@@ -145,6 +146,10 @@ class Function:
     triggers: tuple[Trigger, ...]
     env: dict[str, str] = field(default_factory=dict)
     kafka_sources: tuple[Trigger, ...] = ()
+    # kind grpc: the fully qualified gRPC services it serves (the gateway routes on them)
+    grpc_services: tuple[str, ...] = ()
+    # an http function's ``grpc:`` block: (module, services) of its derived gRPC function
+    grpc: tuple[str, tuple[str, ...]] | None = None
 
     @property
     def subscriptions(self) -> tuple[Trigger, ...]:
@@ -325,6 +330,10 @@ def load_function(path: Path) -> Function:
         sources.append(Trigger(_require(k, "name", k_where), name, (), delivery, topic=topic))
     if (triggers or sources) and kind == "source":
         raise TopologyError(f"{where}: a source emits events; it cannot subscribe to triggers")
+    if kind == "grpc":
+        raise TopologyError(
+            f"{where}: kind grpc is derived from an http function's `grpc:` block, not declared"
+        )
     return Function(
         name=name,
         kind=kind,
@@ -338,6 +347,47 @@ def load_function(path: Path) -> Function:
         triggers=tuple(triggers),
         kafka_sources=tuple(sources),
         env={str(k): str(v) for k, v in (doc.get("env", {}) or {}).items()},
+        grpc=_grpc_block(doc.get("grpc"), where, kind),
+    )
+
+
+def _grpc_block(doc: Any, where: str, kind: str) -> tuple[str, tuple[str, ...]] | None:
+    """``grpc: {module, services}``: the function also answers gRPC, as ``<name>-grpc``."""
+    if doc is None:
+        return None
+    if kind != "http":
+        raise TopologyError(f"{where}.grpc: only an http function has a gRPC endpoint")
+    if not isinstance(doc, dict) or set(doc) != {"module", "services"}:
+        raise TopologyError(f"{where}.grpc: expected exactly `module` and `services`, got {doc!r}")
+    services = doc["services"]
+    if (
+        not isinstance(services, list)
+        or not services
+        or not all(isinstance(x, str) and "." in x for x in services)
+    ):
+        raise TopologyError(
+            f"{where}.grpc.services: expected fully qualified service names like pkg.Service, got {services!r}"
+        )
+    return str(doc["module"]), tuple(services)
+
+
+def grpc_function(fn: Function) -> Function | None:
+    """The gRPC endpoint of ``fn``: same environment, env, scaling and concurrency, its own
+    replicas (Knative gives a container one port, so gRPC is its own h2c Service)."""
+    if fn.grpc is None:
+        return None
+    module, services = fn.grpc
+    return replace(
+        fn,
+        name=fn.name + GRPC_SUFFIX,
+        kind="grpc",
+        module=module,
+        description=f"{fn.name} over gRPC ({', '.join(services)})",
+        idempotent=False,
+        triggers=(),
+        kafka_sources=(),
+        grpc_services=services,
+        grpc=None,
     )
 
 
@@ -348,11 +398,14 @@ def load_topology(dirs: Iterable[Path] = DEFAULT_FUNCTION_DIRS) -> Topology:
     for directory in dirs:
         for path in sorted(Path(directory).glob("*/function.yaml")):
             fn = load_function(path)
-            if fn.name in functions:
-                raise TopologyError(f"{path}: function {fn.name!r} is declared twice")
             for t in fn.subscriptions:
                 if t.name in trigger_names:
                     raise TopologyError(f"{path}: trigger or Kafka source {t.name!r} is declared twice")
                 trigger_names.add(t.name)
-            functions[fn.name] = fn
+            for declared in (fn, grpc_function(fn)):
+                if declared is None:
+                    continue
+                if declared.name in functions:
+                    raise TopologyError(f"{path}: function {declared.name!r} is declared twice")
+                functions[declared.name] = declared
     return Topology(functions)

@@ -2,7 +2,8 @@
 
 An *event* function is a module with ``handle(event) -> CloudEvent | None`` and an optional
 ``init()`` (load a model, open clients) run before the replica reports ready. An *http*
-function exposes ``create_app() -> Flask``; the runtime adds the platform routes to it.
+function exposes ``create_app() -> Flask``; the runtime adds the platform routes to it. A
+*grpc* function exposes ``register(server)`` and is served by ``shared/grpc_server.py``.
 
 Contract (Knative Serving / Eventing):
 - ``POST /`` takes a CloudEvent in binary or structured mode; the reply event, if any, is
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one faaspipe function replica")
     parser.add_argument("--name", required=True)
     parser.add_argument("--module", required=True, help="e.g. functions.sample.handler")
-    parser.add_argument("--kind", choices=["event", "http", "source"], default="event")
+    parser.add_argument("--kind", choices=["event", "http", "source", "grpc"], default="event")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
@@ -198,11 +199,25 @@ def main(argv: list[str] | None = None) -> None:
         help="requests handled at once, the rest wait (Knative's containerConcurrency; 0 = no cap). "
         "On Knative the queue-proxy enforces it, so the manifests leave it at 0.",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="grpc kind: serve Prometheus /metrics on this port (0 = none); other kinds serve "
+        "/metrics on --port",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("FAASPIPE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
     )
+
+    if args.kind == "grpc":  # its own server: gRPC, no WSGI (shared/grpc_server.py)
+        from shared.grpc_server import serve_grpc
+
+        module = importlib.import_module(args.module)
+        serve_grpc(module, args.host, args.port, concurrency=args.concurrency, metrics_port=args.metrics_port)
+        return
 
     def build() -> Flask:  # in the worker process, after the fork
         app, _ = load_app(args.name, importlib.import_module(args.module), args.kind)

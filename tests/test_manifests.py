@@ -646,8 +646,13 @@ def test_every_function_has_one_service_scaled_as_the_topology(
         assert container["image"].startswith(f"registry.local/faaspipe/{fn.environment}:")
         args = container["args"]
         assert args[args.index("--module") + 1] == fn.module and args[args.index("--kind") + 1] == fn.kind
-        assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
-        assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
+        if fn.kind == "grpc":  # h2c port, probed by TCP: it opens once the replica is set up
+            assert container["ports"] == [{"name": "h2c", "containerPort": 8080}]
+            assert container["readinessProbe"] == {"tcpSocket": {"port": 8080}}
+            assert container["livenessProbe"]["tcpSocket"] == {"port": 8080}
+        else:
+            assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
         assert {e["name"]: e["value"] for e in container.get("env", [])} == fn.env
         (binding,) = bindings[name]
         assert binding["spec"]["subject"]["name"] == name

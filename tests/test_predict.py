@@ -329,6 +329,91 @@ def test_tritonclient_with_its_defaults_binary_tensors_both_ways(
 
 
 @pytest.mark.integration
+def test_tritonclient_grpc_through_the_gateways_grpc_front(serving: Stack, champion: dict[str, Any]) -> None:
+    """NVIDIA's gRPC client (raw tensors, its default) and a typed-contents request reach
+    predict-grpc through the gateway (which starts it from zero); the answers equal the JSON
+    route's, errors are the protocol's status codes, and the prediction is logged as grpc."""
+    import grpc
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.utils import InferenceServerException
+
+    target = f"127.0.0.1:{serving.config.ports['grpc']}"
+    client = triton_grpc.InferenceServerClient(url=target)
+    rows = [ROW, FAILING_ROW]
+    try:
+        assert client.is_server_live(client_timeout=180)  # held while predict-grpc starts
+        assert client.is_model_ready(MODEL_NAME, client_timeout=60)
+        metadata = client.get_model_metadata(MODEL_NAME, client_timeout=30)
+        assert [t.name for t in metadata.inputs] == list(CONTRACT.raw_inputs)
+        assert metadata.versions == [champion["current"]["version"]]
+        inputs = []
+        for name in CONTRACT.raw_inputs:
+            if name in CONTRACT.categoricals:
+                tensor = triton_grpc.InferInput(name, [len(rows)], "BYTES")
+                tensor.set_data_from_numpy(np.array([r[name].encode() for r in rows], dtype=np.object_))
+            else:
+                tensor = triton_grpc.InferInput(name, [len(rows)], "FP32")
+                tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=np.float32))
+            inputs.append(tensor)
+        request_id = f"grpc-{uuid.uuid4().hex}"
+        result = client.infer(MODEL_NAME, inputs, request_id=request_id, client_timeout=30)
+        response = result.get_response()
+        assert response.id == request_id and response.model_version == champion["current"]["version"]
+        probability, label = result.as_numpy("probability"), result.as_numpy("label")
+
+        status, plain = call(serving, "POST", "predict", {"instances": rows})
+        assert status == 200, plain
+        assert probability.tolist() == pytest.approx(
+            [p["probability"] for p in plain["predictions"]], abs=1e-6
+        )
+        assert label.tolist() == [p["label"] for p in plain["predictions"]]
+
+        only_label = client.infer(
+            MODEL_NAME, inputs, outputs=[triton_grpc.InferRequestedOutput("label")], client_timeout=30
+        )
+        assert [o.name for o in only_label.get_response().outputs] == ["label"]
+
+        with pytest.raises(InferenceServerException) as unknown:
+            client.infer("no-such-model", inputs, client_timeout=30)
+        assert unknown.value.status() == "StatusCode.NOT_FOUND", unknown.value
+        with pytest.raises(InferenceServerException) as missing:
+            client.infer(MODEL_NAME, inputs[1:], client_timeout=30)
+        assert missing.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert CONTRACT.raw_inputs[0] in missing.value.message()
+    finally:
+        client.close()
+
+    # typed contents (no raw bytes), answered as typed contents
+    typed = service_pb2.ModelInferRequest(model_name=MODEL_NAME, id=f"{request_id}-typed")
+    for name in CONTRACT.raw_inputs:
+        tensor = typed.inputs.add(name=name, shape=[len(rows)])
+        if name in CONTRACT.categoricals:
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.extend(r[name].encode() for r in rows)
+        else:
+            tensor.datatype = "FP64"
+            tensor.contents.fp64_contents.extend(float(r[name]) for r in rows)
+    with grpc.insecure_channel(target) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(typed, timeout=30)
+    assert not answer.raw_output_contents
+    outputs = {o.name: o for o in answer.outputs}
+    assert list(outputs["probability"].contents.fp32_contents) == pytest.approx(
+        probability.tolist(), abs=1e-6
+    )
+    assert list(outputs["label"].contents.int64_contents) == label.tolist()
+
+    version = champion["current"]["version"]
+
+    def logged() -> list[dict[str, Any]]:
+        events = recorded(serving, "dev.faaspipe.prediction.logged.v1", subject=f"{MODEL_NAME}/{version}")
+        return [e for e in events if e["data"]["request_id"] == f"{request_id}-0"]
+
+    (event,) = wait_until(logged, 30, what="the prediction.logged event of the gRPC request")
+    assert event["data"]["route"] == "grpc"
+
+
+@pytest.mark.integration
 def test_every_contracts_champion_is_served_by_both_routes(serving: Stack, champion: dict[str, Any]) -> None:
     """A second contract (tests/contracts/ai4i_lite.yaml, other features) gets a champion: predict
     serves it with no configuration, loaded on its first request, by model or dataset name, on
@@ -479,7 +564,7 @@ def test_no_champion_is_503_with_a_reason() -> None:
     """Unit level, in the serving venv: a replica without champion answers 503 and says why."""
     script = """
 import json
-from functions.predict import app as predict
+from functions.predict import app as predict, dataplane
 from functions.predict.repository import ModelRepository
 from shared.contracts import all_contracts, get_contract
 
@@ -492,7 +577,7 @@ class Registry:  # ai4i has no champion yet; the lite model's lookups fail
 
 contract = get_contract("ai4i")
 models = ModelRepository(all_contracts(), Registry(), None)
-predict._serving = predict.Serving(models, contract.model_name, "http://gateway.invalid", None)
+dataplane._serving = dataplane.Serving(models, contract.model_name, "http://gateway.invalid", None)
 client = predict.create_app().test_client()
 answers = {
     "ready": client.get("/v2/health/ready"),

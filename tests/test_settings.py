@@ -140,7 +140,7 @@ def attempt(label, action):
 
 def import_function(fn):
     module = importlib.import_module(fn["module"])
-    entry = "handle" if fn["kind"] == "event" else "create_app"
+    entry = {"event": "handle", "grpc": "register"}.get(fn["kind"], "create_app")
     assert callable(getattr(module, entry, None)), f"{fn['module']} has no {entry}()"
 
 def idempotency_store():
