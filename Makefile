@@ -65,6 +65,7 @@ format: .venv/.synced
 bench: envs
 	$(PY) -m bench.broker_throughput
 	$(PY) -m bench.ml_serving
+	$(PY) -m bench.batch_scoring
 	$(PY) -m bench.autoscale
 
 lock: $(UV)

@@ -4,6 +4,7 @@ Every type is ``dev.faaspipe.<noun>.<verb>.v<N>``; its JSON Schema (draft 2020-1
 ``events/schemas/<type>.json``. Keep this package light: it is imported by every function.
 """
 
+from events.batch_events import BatchRejected, BatchScored
 from events.catalogue import EVENT_TYPES, SCHEMA_BASE_URI, EventSpec, get_spec, is_known, schema_uri
 from events.data_events import (
     DatasetIngested,
@@ -37,6 +38,8 @@ from events.validation import event_data, validate_data, validate_event
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_BASE_URI",
+    "BatchRejected",
+    "BatchScored",
     "DatasetIngested",
     "DatasetRejected",
     "DriftDetected",

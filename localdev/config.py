@@ -41,7 +41,7 @@ DEFAULT_PORT_BASE = 17000
 # ephemeral range. A port the kernel handed out (bind to 0) and gunicorn bound a moment later
 # was taken in between by an outgoing connection, failing a stack's start in the test suite.
 REPLICA_PORT_OFFSETS = range(100, 500)
-DEFAULT_BUCKETS = ("landing", "quarantine", "features", "models", "mlflow", "tansu")
+DEFAULT_BUCKETS = ("landing", "quarantine", "features", "models", "predictions", "mlflow", "tansu")
 
 
 @dataclass

@@ -783,7 +783,7 @@ controller (`eventing-kafka-broker`: `eventing-kafka-controller.yaml`,
 `eventing-kafka-broker.yaml`, `eventing-kafka-sink.yaml`) and KEDA, and these services, whose
 addresses are in `base/platform.yaml` / `base/broker.yaml` (re-render with other
 `ClusterSettings` to move them): Kafka `{kafka}`, S3 (MinIO) `{s3}` with the buckets
-`landing`, `quarantine`, `features`, `models`, `mlflow`, Redis `{redis}` (idempotency store
+`landing`, `quarantine`, `features`, `models`, `predictions`, `mlflow`, Redis `{redis}` (idempotency store
 and Feast online store). Images are `{registry}/<environment>:<tag>`, one per pyproject
 dependency group (`serving`, `train`, `drift`, and `platform` for MLflow), containing this
 repository so that `python -m shared.runtime` and the function modules import

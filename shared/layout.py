@@ -1,7 +1,8 @@
 """Where things live in object storage. One place, so every function agrees.
 
 Buckets: ``landing`` (users drop files), ``quarantine`` (rejected files + reports),
-``features`` (offline store, Feast registry), ``models`` (studies, serving artefacts, audit).
+``features`` (offline store, Feast registry), ``models`` (studies, serving artefacts, audit),
+``predictions`` (batch scoring output).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ LANDING = "landing"
 QUARANTINE = "quarantine"
 FEATURES = "features"
 MODELS = "models"
+PREDICTIONS = "predictions"
+SCORE_DIR = "score"
 
 
 def offline_data(dataset: str, version: str) -> str:
@@ -25,6 +28,21 @@ def dataset_latest(dataset: str) -> str:
 def quarantined(key: str) -> tuple[str, str]:
     """Object keys (quarantine bucket) of a rejected file and of its violation report."""
     return f"files/{key}", f"reports/{key}.report.json"
+
+
+def score_prefix(landing_prefix: str) -> str:
+    """Landing prefix of a dataset's files to score (``<landing_prefix>score/``), not to ingest."""
+    return f"{landing_prefix.rstrip('/')}/{SCORE_DIR}/"
+
+
+def batch_output(dataset: str, relative_key: str, run: str, file: str) -> str:
+    """Object key (predictions bucket) of one output file of one scored input object version.
+
+    ``relative_key`` is the input key below the dataset's score prefix; ``run`` identifies the
+    object version (so a re-drop of new content gets new keys, a re-delivery the same ones).
+    Files: ``predictions.parquet``, ``rejected.csv``, ``report.json`` (written last).
+    """
+    return f"{dataset}/{relative_key}/{run}/{file}"
 
 
 def study_state(study_id: str) -> str:

@@ -175,6 +175,33 @@ EXAMPLES: list[EventData] = [
     ),
     events.SamplePing(message="hello", fail_times=2),
     events.SamplePong(message="hello", handled_by="sample-0", attempt=3),
+    events.BatchScored(
+        dataset="credit",
+        contract="credit@1.2.0",
+        source_uri="s3://landing/credit/score/2025-03-01.csv",
+        object_version="9b2cf535-1741000000",
+        request_id="6f0e6c1e-5d0b-4a59-9d64-3a3c7b1f2e10",
+        model_name="credit-default",
+        model_version="3",
+        output_uri="s3://predictions/credit/2025-03-01.csv/ab12cd34ef56ab78/predictions.parquet",
+        rejected_uri="s3://predictions/credit/2025-03-01.csv/ab12cd34ef56ab78/rejected.csv",
+        report_uri="s3://predictions/credit/2025-03-01.csv/ab12cd34ef56ab78/report.json",
+        rows_in=100,
+        rows_scored=97,
+        rows_rejected=3,
+        chunks=1,
+        duration_s=0.4,
+    ),
+    events.BatchRejected(
+        dataset="credit",
+        source_uri="s3://landing/credit/score/2025-03-02.csv",
+        object_version="v-2",
+        model_name="credit-default",
+        model_version=None,
+        rule="no_champion",
+        column=None,
+        message="registered model 'credit-default' has no 'champion' alias",
+    ),
 ]
 BY_TYPE = {example.TYPE: example for example in EXAMPLES}
 TYPES = sorted(EVENT_TYPES)
@@ -197,7 +224,7 @@ def _walk_schemas(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str,
 
 
 def test_catalogue_has_every_type_and_an_example_per_type() -> None:
-    assert len(EVENT_TYPES) == 15
+    assert len(EVENT_TYPES) == 17
     assert set(BY_TYPE) == set(EVENT_TYPES)
     assert {p.name.removesuffix(".json") for p in SCHEMA_DIR.glob("*.json")} == set(EVENT_TYPES)
 
@@ -385,6 +412,9 @@ BAD: list[tuple[str, str, Any, str, str]] = [
         "date-time",
     ),
     ("dev.faaspipe.dataset.ingested.v1", "contract", "credit", "contract", "does not match"),
+    ("dev.faaspipe.batch.scored.v1", "rows_rejected", -1, "rows_rejected", "minimum"),
+    ("dev.faaspipe.batch.scored.v1", "output_uri", "no scheme", "output_uri", "does not match"),
+    ("dev.faaspipe.batch.rejected.v1", "rule", "tired", "rule", "is not one of"),
     ("dev.faaspipe.object.created.v1", "bucket", _DELETE, "bucket", "required property is missing"),
     ("dev.faaspipe.object.created.v1", "size", -5, "size", "minimum"),
     ("dev.faaspipe.object.created.v1", "origin", "gcs", "origin", "is not one of"),

@@ -3,6 +3,8 @@
 On ``dev.faaspipe.object.created.v1`` from ``s3://landing`` (the object key is the subject):
 
 - keys under no contract's ``landing_prefix`` are logged and ignored (no reply, no loop);
+- keys under a contract's score prefix (``landing/<dataset>/score/``, ``layout.score_prefix``)
+  are files to score, handled by ``functions/batch_score``: logged and ignored here;
 - **rejected** files (file-level rule broken, or too many bad rows) are moved to the
   quarantine bucket (``layout.quarantined(key)``: the file and a JSON report listing every
   violation), removed from landing, and answered with ``dev.faaspipe.dataset.rejected.v1``;
@@ -102,6 +104,11 @@ def handle(event: CloudEvent) -> CloudEvent | None:
     contract = contract_for_key(created.key)
     if contract is None:
         log.info("ignoring s3://%s/%s: no data contract has this prefix", created.bucket, created.key)
+        return None
+    if created.key.startswith(layout.score_prefix(contract.landing_prefix)):
+        log.info(
+            "ignoring s3://%s/%s: a file to score (batch-score), not to ingest", created.bucket, created.key
+        )
         return None
     source = _read(created)
     if source is None:
