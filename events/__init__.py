@@ -23,6 +23,7 @@ from events.model_events import (
     ModelRejected,
     PredictionLogged,
     PredictionOutput,
+    RolloutTag,
 )
 from events.ops_events import (
     DriftDetected,
@@ -32,6 +33,7 @@ from events.ops_events import (
     SamplePing,
     SamplePong,
 )
+from events.rollout_events import RolloutDecided, RolloutStarted
 from events.tuning_events import Params, StudyCompleted, TrialFinished, TrialRequested
 from events.validation import event_data, validate_data, validate_event
 
@@ -60,6 +62,9 @@ __all__ = [
     "PredictionOutput",
     "RejectReason",
     "RetrainRequested",
+    "RolloutDecided",
+    "RolloutTag",
+    "RolloutStarted",
     "SamplePing",
     "SamplePong",
     "StudyCompleted",

@@ -16,6 +16,7 @@ __all__ = [
     "ModelRejected",
     "PredictionLogged",
     "PredictionOutput",
+    "RolloutTag",
 ]
 
 
@@ -33,6 +34,15 @@ class Gate(TypedDict):
     value: float | str | None
     threshold: float | str | None
     detail: str
+
+
+class RolloutTag(TypedDict):
+    """Which side of a running rollout a logged prediction comes from."""
+
+    id: str
+    variant: Literal["champion", "candidate", "shadow"]
+    candidate_version: str
+    candidate_error: NotRequired[bool]
 
 
 class PredictionOutput(TypedDict):
@@ -100,3 +110,4 @@ class PredictionLogged(EventData):
     inputs: dict[str, float | int | str]
     output: PredictionOutput
     latency_ms: float
+    rollout: RolloutTag | None = None

@@ -5,6 +5,7 @@ faaspipe status    health of every component, replicas and URLs
 faaspipe logs      a component's log
 faaspipe down      stop everything; no process is left behind
 faaspipe dlq list|replay   inspect and re-deliver dead letters
+faaspipe rollout status|promote|rollback MODEL   a model's progressive rollout
 """
 
 from __future__ import annotations
@@ -268,6 +269,16 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0 if resp.status == 202 else 1
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from localdev import rollout_cli
+
+    config = _config(args)
+    if args.rollout_command == "status":
+        return rollout_cli.status(config, args.model, as_json=args.json)
+    decision = "promote" if args.rollout_command == "promote" else "rollback"
+    return rollout_cli.decide(config, args.model, decision, args.reason)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from localdev import render
 
@@ -312,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay = dlq_sub.add_parser("replay")
     dlq_replay.add_argument("refs", nargs="*", help="partition:offset refs or event ids (default: all)")
     dlq_replay.add_argument("--trigger")
+    rollout = sub.add_parser("rollout", help="a model's progressive rollout: status, or decide it by hand")
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True)
+    rollout_status = rollout_sub.add_parser("status")
+    rollout_status.add_argument("model")
+    rollout_status.add_argument("--json", action="store_true")
+    for verb in ("promote", "rollback"):
+        decide = rollout_sub.add_parser(verb)
+        decide.add_argument("model")
+        decide.add_argument("--reason", default=f"{verb} by hand")
     return parser
 
 
@@ -347,6 +367,7 @@ def _dispatch(argv: list[str]) -> int | str | None:
         "run": cmd_run,
         "events": cmd_events,
         "scale": cmd_scale,
+        "rollout": cmd_rollout,
     }
     return handlers[args.command](args)
 

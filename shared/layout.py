@@ -67,5 +67,11 @@ def audit_record(model_name: str, version: str) -> str:
     return f"audit/{model_name}/{version}.json"
 
 
+def rollout_history(model_name: str, rollout_id: str = "") -> str:
+    """One object per rollout (models bucket): which version served which share, from when to
+    when, and how it ended. Without an id: the model's prefix."""
+    return f"rollouts/{model_name}/{rollout_id + '.json' if rollout_id else ''}"
+
+
 def retrain_state(model_name: str) -> str:
     return f"retrain/{model_name}.json"

@@ -61,3 +61,20 @@ class RegistryClient:
         if body.get("error_code") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise RegistryError(f"MLflow model-version lookup answered {resp.status}: {resp.data[:300]!r}")
+
+    def model_tag(self, model_name: str, key: str) -> str | None:
+        """The registered model's tag ``key``; ``None`` if the model or the tag does not exist."""
+        url = f"{self.tracking_uri}/api/2.0/mlflow/registered-models/get"
+        try:
+            resp = self.http.request("GET", url, fields={"name": model_name})
+        except urllib3.exceptions.HTTPError as exc:
+            raise RegistryError(f"MLflow registry at {self.tracking_uri} unreachable: {exc}") from exc
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = json.loads(resp.data or b"{}")
+        if resp.status == 200:
+            tags = body.get("registered_model", {}).get("tags", [])
+            return next((str(t.get("value", "")) for t in tags if t.get("key") == key), None)
+        if body.get("error_code") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise RegistryError(f"MLflow registered-model lookup answered {resp.status}: {resp.data[:300]!r}")

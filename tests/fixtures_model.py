@@ -77,7 +77,12 @@ HTTP = _LazyHTTP()
 
 
 def publish_models(
-    env: dict[str, str], seeds: list[int], *, alias: str | None = "champion", contract: str = "ai4i"
+    env: dict[str, str],
+    seeds: list[int],
+    *,
+    alias: str | None = "champion",
+    contract: str = "ai4i",
+    base_score: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train + publish + register one fixture version per seed on the stack described by ``env``.
 
@@ -86,6 +91,7 @@ def publish_models(
     args = [str(TRAIN_PYTHON), str(Path(__file__).resolve()), "publish", "--seeds", *map(str, seeds)]
     args += ["--no-alias"] if alias is None else ["--alias", alias]
     args += ["--contract", contract]
+    args += [] if base_score is None else ["--base-score", str(base_score)]
     result = subprocess.run(
         args,
         cwd=REPO,
@@ -269,8 +275,14 @@ def _put(s3, key: str, data: bytes, content_type: str) -> None:  # type: ignore[
     s3.put_object(layout.MODELS, key, io.BytesIO(data), len(data), content_type=content_type)
 
 
-def publish(seed: int, alias: str | None, contract_name: str = "ai4i") -> dict[str, Any]:
-    """Train on ``seed``, register a version, write its serving artefacts, then set ``alias``."""
+def publish(
+    seed: int, alias: str | None, contract_name: str = "ai4i", base_score: float | None = None
+) -> dict[str, Any]:
+    """Train on ``seed``, register a version, write its serving artefacts, then set ``alias``.
+
+    ``base_score`` replaces the trained model's base score (a probability): every margin moves
+    by the same amount, so the ranking and ROC-AUC stay, and the probabilities are miscalibrated:
+    a model that passes the offline gates and is worse on live traffic."""
     from datetime import UTC, datetime
 
     import mlflow
@@ -284,6 +296,13 @@ def publish(seed: int, alias: str | None, contract_name: str = "ai4i") -> dict[s
     contract = trained["contract"]
     name = contract.model_name
     model_json = bytes(trained["booster"].save_raw("json"))
+    if base_score is not None:
+        doc = json.loads(model_json)
+        params = doc["learner"]["learner_model_param"]
+        params["base_score"] = (
+            f"[{base_score:E}]" if params["base_score"].startswith("[") else f"{base_score:E}"
+        )
+        model_json = json.dumps(doc).encode()
     mlflow.set_experiment("faaspipe-serving-fixtures")
     with mlflow.start_run(run_name=f"fixture-seed-{seed}") as run:
         mlflow.log_params({k: v for k, v in trained["params"].items() if k != "nthread"})
@@ -339,10 +358,14 @@ def main(argv: list[str] | None = None) -> None:
     pub.add_argument("--alias", default="champion", help="alias set on the first version")
     pub.add_argument("--no-alias", action="store_true")
     pub.add_argument("--contract", default="ai4i", help="the data contract whose model is trained")
+    pub.add_argument("--base-score", type=float, help="replace the base score: a miscalibrated model")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     alias = None if args.no_alias else args.alias
-    results = [publish(seed, alias if i == 0 else None, args.contract) for i, seed in enumerate(args.seeds)]
+    results = [
+        publish(seed, alias if i == 0 else None, args.contract, args.base_score)
+        for i, seed in enumerate(args.seeds)
+    ]
     print(json.dumps(results))
 
 

@@ -156,6 +156,7 @@ EXAMPLES: list[EventData] = [
         inputs={"income": 52000.0, "age": 41, "segment": "retail"},
         output={"probability": 0.12, "label": 0},
         latency_ms=3.2,
+        rollout={"id": "r-7", "variant": "candidate", "candidate_version": "4", "candidate_error": False},
     ),
     events.DriftDetected(
         kind="feature",
@@ -172,6 +173,32 @@ EXAMPLES: list[EventData] = [
         reason="feature drift in income",
         requested_by="retrain-controller",
         drift_event_id="6f0e6c1e-5d0b-4a59-9d64-3a3c7b1f2e10",
+    ),
+    events.RolloutStarted(
+        model_name="credit-default",
+        rollout_id="credit-default-4-1733100000",
+        mode="canary",
+        share=0.05,
+        candidate_version="4",
+        champion_version="3",
+        window_s=300.0,
+        min_requests=200,
+        gates=[{"name": "roc_auc", "passed": True, "value": 0.91, "threshold": 0.9, "detail": "ok"}],
+        started_by="promote@promote-0/1",
+        started_at="2025-03-01T12:00:00Z",
+    ),
+    events.RolloutDecided(
+        model_name="credit-default",
+        rollout_id="credit-default-4-1733100000",
+        candidate_version="4",
+        champion_version="3",
+        decision="rollback",
+        checks=[
+            {"name": "error_rate", "passed": False, "value": 0.2, "threshold": 0.01, "detail": "20 of 100"}
+        ],
+        evidence={"candidate": {"requests": 100, "errors": 20}, "champion": {"requests": 1900, "errors": 0}},
+        decided_by="cli:ops@host",
+        decided_at="2025-03-01T12:10:00Z",
     ),
     events.SamplePing(message="hello", fail_times=2),
     events.SamplePong(message="hello", handled_by="sample-0", attempt=3),
@@ -224,7 +251,7 @@ def _walk_schemas(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str,
 
 
 def test_catalogue_has_every_type_and_an_example_per_type() -> None:
-    assert len(EVENT_TYPES) == 17
+    assert len(EVENT_TYPES) == 19
     assert set(BY_TYPE) == set(EVENT_TYPES)
     assert {p.name.removesuffix(".json") for p in SCHEMA_DIR.glob("*.json")} == set(EVENT_TYPES)
 
@@ -415,6 +442,8 @@ BAD: list[tuple[str, str, Any, str, str]] = [
     ("dev.faaspipe.batch.scored.v1", "rows_rejected", -1, "rows_rejected", "minimum"),
     ("dev.faaspipe.batch.scored.v1", "output_uri", "no scheme", "output_uri", "does not match"),
     ("dev.faaspipe.batch.rejected.v1", "rule", "tired", "rule", "is not one of"),
+    ("dev.faaspipe.rollout.decided.v1", "decision", "maybe", "decision", "is not one of"),
+    ("dev.faaspipe.rollout.started.v1", "share", 1.5, "share", "maximum"),
     ("dev.faaspipe.object.created.v1", "bucket", _DELETE, "bucket", "required property is missing"),
     ("dev.faaspipe.object.created.v1", "size", -5, "size", "minimum"),
     ("dev.faaspipe.object.created.v1", "origin", "gcs", "origin", "is not one of"),

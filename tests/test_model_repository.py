@@ -45,11 +45,17 @@ class Holder:
 
 def fresh(budget=1000):
     loads.clear(); broken.clear(); sizes.clear()
-    return ModelRepository(all_contracts(), None, None, budget_bytes=budget, holder_factory=Holder)
+    return ModelRepository(all_contracts(), NoRollouts(), None, budget_bytes=budget, holder_factory=Holder)
 
 
-def states(repo):
-    return {e.name: e.state for e in repo.index()}
+class NoRollouts:  # the registry as the repository reads it besides the holders: no rollout runs
+
+    def model_tag(self, model_name, key):
+        return None
+
+
+def states(repo):  # the two models these scenarios load (the test contracts hold more)
+    return {e.name: e.state for e in repo.index() if e.name in (AI4I, LITE)}
 
 
 out = {}

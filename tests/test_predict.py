@@ -617,6 +617,8 @@ print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()})
     assert status == 200 and {e["name"]: e["state"] for e in index} == {
         MODEL_NAME: "UNAVAILABLE",
         LITE_MODEL_NAME: "UNAVAILABLE",
+        "ai4i-canary-failure": "UNLOADED",  # tests/contracts/ai4i_{canary,shadow}.yaml: never
+        "ai4i-shadow-failure": "UNLOADED",  # asked for here
     }, index
 
 

@@ -11,6 +11,11 @@
   joined on the stored predictions (``request_id`` or ``udi``); ROC-AUC / F1 of the latest
   labelled window vs the holdout metrics in ``meta.json``; a drop beyond the tolerance →
   ``drift.detected`` (kind ``performance``).
+* a prediction logged during a rollout (``rollout`` set) is also kept as a rollout
+  observation; a timer (``FAASPIPE_ROLLOUT_CHECK_SECONDS``, default 2) judges each undecided
+  rollout against its registry tag (``rollout.py``) and emits ``dev.faaspipe.rollout.decided.v1``
+  once. Shadow rows (the candidate's mirrored answers) are only rollout observations: they
+  never join the drift windows or the predictions the labels are joined on.
 
 State: windows live in memory, but every prediction is also in the SQLite store
 (``$FAASPIPE_STATE_DIR/monitor/monitor.db``) with a flag "covered by a closed window"; ``init``
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -37,7 +43,8 @@ from typing import Any
 from minio.error import S3Error
 from prometheus_client import Counter, Gauge, Histogram
 
-from events import DriftDetected, ObjectCreated, PredictionLogged, rfc3339
+from events import DriftDetected, ObjectCreated, PredictionLogged, RolloutDecided, rfc3339
+from functions.monitor import rollout as judge
 from functions.monitor.drift import DETECTOR_NAME, ReferenceCache
 from functions.monitor.performance import (
     LabelsFileError,
@@ -46,13 +53,15 @@ from functions.monitor.performance import (
     evaluate,
     parse_labels_csv,
 )
-from functions.monitor.store import MonitorStore, StoredPrediction
+from functions.monitor.store import MonitorStore, RolloutObservation, StoredPrediction
 from functions.monitor.windows import ClosedWindow, Observation, WindowConfig, Windows
 from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 from shared.emit import emit
 from shared.errors import EventRejected
+from shared.registry_alias import RegistryClient, RegistryError
+from shared.rollout import ROLLOUT_TAG, Rollout
 
 log = logging.getLogger("faaspipe.monitor")
 
@@ -68,6 +77,9 @@ CHECKS = Counter(
 )
 CHECK_SECONDS = Histogram("faaspipe_monitor_check_seconds", "Duration of a drift check", ["kind"])
 LABELS_JOINED = Counter("faaspipe_monitor_labels_joined_total", "Labels joined on a stored prediction")
+ROLLOUT_DECISIONS = Counter(
+    "faaspipe_monitor_rollout_decisions_total", "Rollouts decided on live signals", ["model", "decision"]
+)
 
 
 class Monitor:
@@ -85,6 +97,7 @@ class Monitor:
         self._meta: dict[tuple[str, str], dict[str, Any]] = {}
         self._backlog: list[ClosedWindow] = []  # windows closed while rebuilding, checked by the timer
         self._stop = threading.Event()
+        self._registry_client: RegistryClient | None = None
 
     # ------------------------------------------------------------------ predictions
     def rebuild_windows(self) -> None:
@@ -107,6 +120,11 @@ class Monitor:
         broker with ``emit``, not as a reply."""
         logged = PredictionLogged.from_event(event)
         predicted_at = event.get_time() or datetime.now(UTC)
+        if logged.rollout is not None:
+            new = self.record_rollout(event.get_id(), logged, predicted_at)
+            if logged.rollout["variant"] == "shadow":  # not served: no window, no label join
+                PREDICTIONS.labels("shadow" if new else "duplicate").inc()
+                return
         stored = StoredPrediction(
             event_id=event.get_id(),
             request_id=logged.request_id,
@@ -215,6 +233,96 @@ class Monitor:
         interval = max(1.0, min(30.0, self.windows.config.seconds / 5))
         while not self._stop.wait(interval):
             self.flush_due_windows()
+
+    # ------------------------------------------------------------------ rollouts
+    def record_rollout(self, event_id: str, logged: PredictionLogged, predicted_at: datetime) -> bool:
+        """Keep a row of a running rollout; False if not one, or already kept (a redelivery)."""
+        tag = logged.rollout
+        if tag is None:
+            return False
+        return self.store.add_rollout_observation(
+            RolloutObservation(
+                event_id=event_id,
+                rollout_id=tag["id"],
+                model_name=logged.model_name,
+                variant=tag["variant"],
+                request_id=logged.request_id,
+                probability=float(logged.output["probability"]),
+                latency_ms=float(logged.latency_ms),
+                candidate_error=bool(tag.get("candidate_error", False)),
+                observed_at=predicted_at.isoformat(),
+            )
+        )
+
+    def check_rollouts(self, now: datetime | None = None) -> None:
+        """Judge every undecided rollout still running; announce each verdict once."""
+        current: dict[str, Rollout | None] = {}
+        for rollout_id, model_name in self.store.undecided_rollouts():
+            try:
+                if model_name not in current:
+                    current[model_name] = self._running_rollout(model_name)
+                rollout = current[model_name]
+                if rollout is not None and rollout.id == rollout_id:  # else it ended by other means
+                    self._judge(rollout, now or datetime.now(UTC))
+            except Exception:  # noqa: BLE001 - registry or broker trouble: the next round retries
+                log.exception("rollout %s of %s not judged; next round", rollout_id, model_name)
+
+    def _running_rollout(self, model_name: str) -> Rollout | None:
+        try:
+            text = self._registry().model_tag(model_name, ROLLOUT_TAG)
+        except RegistryError as exc:
+            log.warning("rollout tag of %s unreadable (%s); next round", model_name, exc)
+            return None
+        return None if text is None else Rollout.from_json(text)
+
+    def _judge(self, rollout: Rollout, now: datetime) -> None:
+        if judge.elapsed_s(rollout, now) < rollout.policy.window_s:
+            return  # not due: spare reading its rows
+        champion, candidate = judge.split_samples(self.store.rollout_observations(rollout.id))
+        verdict = judge.evaluate(rollout, champion, candidate, now)
+        if verdict is None:
+            return
+        decided_at = rfc3339(now)
+        emit(
+            RolloutDecided(
+                model_name=rollout.model_name,
+                rollout_id=rollout.id,
+                candidate_version=rollout.candidate,
+                champion_version=rollout.champion,
+                decision=verdict.decision,
+                checks=verdict.checks,
+                evidence=verdict.evidence,
+                decided_by=f"monitor@{socket.gethostname()}/{os.getpid()}",
+                decided_at=decided_at,
+            ).to_event(
+                source=SOURCE, subject=f"{rollout.model_name}/{rollout.candidate}", id=f"{rollout.id}.decided"
+            )
+        )
+        self.store.record_rollout_decision(rollout.id, verdict.decision, decided_at)
+        ROLLOUT_DECISIONS.labels(rollout.model_name, verdict.decision).inc()
+        log.info(
+            "rollout %s of %s v%s: %s; %s",
+            rollout.id,
+            rollout.model_name,
+            rollout.candidate,
+            verdict.decision,
+            "; ".join(
+                f"{c['name']} {'pass' if c['passed'] else 'FAIL'}: {c['detail']}" for c in verdict.checks
+            ),
+        )
+
+    def _registry(self) -> RegistryClient:
+        if self._registry_client is None:
+            self._registry_client = RegistryClient(os.environ["MLFLOW_TRACKING_URI"])
+        return self._registry_client
+
+    def run_rollout_timer(self) -> None:
+        interval = float(os.environ.get("FAASPIPE_ROLLOUT_CHECK_SECONDS", "2"))
+        while not self._stop.wait(interval):
+            try:
+                self.check_rollouts()
+            except Exception:  # noqa: BLE001 - the timer must keep running
+                log.exception("rollout check failed; next round")
 
     # ------------------------------------------------------------------ labels
     def _model_meta(self, model_name: str, version: str) -> dict[str, Any]:
@@ -329,6 +437,7 @@ def init() -> None:
     monitor = Monitor(contract, state_dir, float(os.environ.get("FAASPIPE_DRIFT_P_VAL", "0.05")))
     monitor.rebuild_windows()
     threading.Thread(target=monitor.run_timer, name="drift-timer", daemon=True).start()
+    threading.Thread(target=monitor.run_rollout_timer, name="rollout-judge", daemon=True).start()
     _monitor = monitor
     log.info("monitor ready: windows %s, performance %s", monitor.windows.config, monitor.performance)
 

@@ -6,6 +6,11 @@
   open windows after a restart, so a restart loses no window.
 * ``labelled``: predictions joined with ground truth from labels files (one row per
   prediction; a re-delivered labels file overwrites, never double-counts).
+* ``rollout_observations``: the rows of a running rollout (champion, candidate and shadow
+  answers, candidate failures; keyed by event id), with the truth a labels file gave their
+  request; shadow rows live only here, never in ``predictions``.
+* ``rollout_decisions``: the rollouts the monitor decided, so each is announced once, also
+  across restarts.
 """
 
 from __future__ import annotations
@@ -45,6 +50,25 @@ CREATE TABLE IF NOT EXISTS labelled (
     labels_object TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS labelled_model ON labelled(model_name, model_version, predicted_at);
+CREATE TABLE IF NOT EXISTS rollout_observations (
+    event_id TEXT PRIMARY KEY,
+    rollout_id TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    probability REAL NOT NULL,
+    latency_ms REAL NOT NULL,
+    candidate_error INTEGER NOT NULL,
+    observed_at TEXT NOT NULL,
+    truth INTEGER
+);
+CREATE INDEX IF NOT EXISTS rollout_observations_rollout ON rollout_observations(rollout_id);
+CREATE INDEX IF NOT EXISTS rollout_observations_request ON rollout_observations(request_id);
+CREATE TABLE IF NOT EXISTS rollout_decisions (
+    rollout_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL,
+    decided_at TEXT NOT NULL
+);
 """
 
 
@@ -67,6 +91,20 @@ class LabelledRow:
     label: int
     truth: int
     predicted_at: str
+
+
+@dataclass(frozen=True)
+class RolloutObservation:
+    event_id: str
+    rollout_id: str
+    model_name: str
+    variant: str  # champion | candidate | shadow
+    request_id: str
+    probability: float
+    latency_ms: float
+    candidate_error: bool
+    observed_at: str
+    truth: int | None = None  # from a labels file, joined by request id
 
 
 class MonitorStore:
@@ -108,9 +146,11 @@ class MonitorStore:
         self._db.execute(
             "DELETE FROM predictions WHERE rowid <= (SELECT MAX(rowid) FROM predictions) - ?", (self.keep,)
         )
-        self._db.execute(
-            "DELETE FROM labelled WHERE rowid <= (SELECT MAX(rowid) FROM labelled) - ?", (self.keep,)
-        )
+        for table in ("labelled", "rollout_observations"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?",  # noqa: S608
+                (self.keep,),
+            )
 
     def mark_closed(self, event_ids: Iterable[str]) -> None:
         ids = list(event_ids)
@@ -142,10 +182,17 @@ class MonitorStore:
                 for kind, key, truth in labels:
                     column = "request_id" if kind == "request_id" else "entity_id"
                     row = self._db.execute(
-                        f"SELECT event_id, model_name, model_version, probability, label, predicted_at"  # noqa: S608
-                        f" FROM predictions WHERE {column} = ? ORDER BY predicted_at DESC, rowid DESC LIMIT 1",
+                        f"SELECT event_id, model_name, model_version, probability, label, predicted_at,"  # noqa: S608
+                        f" request_id FROM predictions WHERE {column} = ?"
+                        " ORDER BY predicted_at DESC, rowid DESC LIMIT 1",
                         (key,),
                     ).fetchone()
+                    request_id = key if kind == "request_id" else None if row is None else row[6]
+                    if request_id is not None:
+                        self._db.execute(
+                            "UPDATE rollout_observations SET truth = ? WHERE request_id = ?",
+                            (truth, request_id),
+                        )
                     if row is None:
                         continue
                     self._db.execute(
@@ -169,6 +216,70 @@ class MonitorStore:
                 (model_name, model_version, size),
             ).fetchall()
         return [LabelledRow(*row) for row in rows]
+
+    # ------------------------------------------------------------------ rollouts
+    def add_rollout_observation(self, o: RolloutObservation) -> bool:
+        """Store a rollout row; False if this event id is already stored (a redelivery)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO rollout_observations (event_id, rollout_id, model_name, variant,"
+                " request_id, probability, latency_ms, candidate_error, observed_at, truth)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    o.event_id,
+                    o.rollout_id,
+                    o.model_name,
+                    o.variant,
+                    o.request_id,
+                    o.probability,
+                    o.latency_ms,
+                    int(o.candidate_error),
+                    o.observed_at,
+                    o.truth,
+                ),
+            )
+            self._inserts += 1
+            if self._inserts % 1000 == 0:
+                self._prune()
+            return cursor.rowcount == 1
+
+    def rollout_observations(self, rollout_id: str) -> list[RolloutObservation]:
+        """Every stored row of a rollout, oldest first, with the truth of labelled requests."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, rollout_id, model_name, variant, request_id, probability, latency_ms,"
+                " candidate_error, observed_at, truth FROM rollout_observations WHERE rollout_id = ?"
+                " ORDER BY rowid",
+                (rollout_id,),
+            ).fetchall()
+        return [RolloutObservation(*row[:7], bool(row[7]), *row[8:]) for row in rows]
+
+    def undecided_rollouts(self) -> list[tuple[str, str]]:
+        """``(rollout id, model name)`` of the rollouts with observations and no decision yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT o.rollout_id, o.model_name FROM rollout_observations o"
+                " LEFT JOIN rollout_decisions d ON d.rollout_id = o.rollout_id"
+                " WHERE d.rollout_id IS NULL ORDER BY o.rollout_id"
+            ).fetchall()
+        return [(str(r), str(m)) for r, m in rows]
+
+    def record_rollout_decision(self, rollout_id: str, decision: str, decided_at: str) -> bool:
+        """Remember a rollout's decision; False if it was already decided (the first one stays)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO rollout_decisions (rollout_id, decision, decided_at) VALUES (?, ?, ?)",
+                (rollout_id, decision, decided_at),
+            )
+            return cursor.rowcount == 1
+
+    def rollout_decision(self, rollout_id: str) -> tuple[str, str] | None:
+        """``(decision, decided_at)`` of a decided rollout, else None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT decision, decided_at FROM rollout_decisions WHERE rollout_id = ?", (rollout_id,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,8 @@ Routes (all errors are ``{"error": "..."}`` with a 4xx naming the problem, 503 w
 * ``POST /`` — CloudEvents: ``dev.faaspipe.model.promoted.v1`` for the served model swaps the
   champion in before answering (the broker retries on failure); every replica also polls the
   registry alias every ``FAASPIPE_CHAMPION_POLL_SECONDS`` (default 10 s).
+  ``rollout.started`` and ``model.rejected`` re-read the model's rollout tag (also polled): while
+  a rollout runs, requests that pin no version are routed by it (``dataplane.answer``).
 
 Platform readiness (``/health/readiness``) turns 200 once the replica is set up, champion or
 not — ``faaspipe up`` waits for it and the supervisor caches it; whether a model is loaded is
@@ -44,7 +46,15 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import Counter, Histogram
 
-from events import EventDataError, ModelPromoted, UnknownEventType, validate_event
+from events import (
+    EventDataError,
+    ModelPromoted,
+    ModelRejected,
+    RolloutStarted,
+    UnknownEventType,
+    event_data,
+    validate_event,
+)
 from functions.predict import binary_tensors, dataplane
 from functions.predict.dataplane import Serving, init  # noqa: F401 - init: the runtime calls it
 from functions.predict.inputs import BadInput, RawRow, parse_entities, rows_from_instances
@@ -54,6 +64,7 @@ from shared.cloudevents_io import InvalidCloudEvent, parse_http
 log = logging.getLogger("faaspipe.predict")
 
 PROMOTED = ModelPromoted.TYPE
+ROLLOUT_CHANGES = (RolloutStarted.TYPE, ModelRejected.TYPE)  # re-read the model's rollout tag
 MAX_BODY_BYTES = 8 * 1024 * 1024
 REQUESTS = Counter("faaspipe_predict_requests_total", "Prediction requests", ["route", "status"])
 ROWS = Counter("faaspipe_predict_rows_total", "Rows predicted", ["route"])
@@ -141,15 +152,13 @@ def _predict_json() -> tuple[Response, int]:
     else:
         rows = rows_from_instances(contract, body["instances"])
         model = dataplane.model(state, model_name)
-    scored = dataplane.score(state, model, rows, fresh=_fresh())
-    result = dataplane.Inference(
-        model, dataplane.request_id(request.headers.get("X-Request-Id")), scored.probabilities, scored.labels
-    )
+    rid = dataplane.request_id(request.headers.get("X-Request-Id"))
+    result = dataplane.answer(state, model, rows, rid, fresh=_fresh())
     dataplane.log_predictions(state, result, route="json", rows=rows, entities=entities, started=started)
     ROWS.labels("json").inc(len(rows))
     response = jsonify(
-        model_name=model.name,
-        model_version=model.version,
+        model_name=result.model.name,
+        model_version=result.model.version,
         predictions=[
             {"probability": p, "label": y} for p, y in zip(result.probabilities, result.labels, strict=True)
         ],
@@ -207,9 +216,16 @@ def _on_event() -> tuple[Response, int] | Response:
         return jsonify(exc.as_dict()), 400
     except (UnknownEventType, EventDataError) as exc:
         return _error(400, str(exc))
-    if event.get_type() != PROMOTED:
-        return _error(400, f"predict handles only {PROMOTED} events, got {event.get_type()}")
     state = dataplane.state()
+    if event.get_type() in ROLLOUT_CHANGES:
+        name = str((event_data(event) or {}).get("model_name", ""))
+        if name in state.models.contracts:
+            state.models.refresh_rollout(name)
+        return Response(status=202)
+    if event.get_type() != PROMOTED:
+        return _error(
+            400, f"predict handles only {[PROMOTED, *ROLLOUT_CHANGES]} events, got {event.get_type()}"
+        )
     promoted = ModelPromoted.from_event(event)
     if promoted.model_name not in state.models.contracts or promoted.alias != state.models.alias:
         return Response(status=202)

@@ -4,6 +4,12 @@ The REST app (``functions/predict/app.py``) and the gRPC service
 (``functions/predict/grpc_service.py``) are thin: they turn their wire format into the calls
 here and the results back. Errors are :class:`BadInput` (with its HTTP status) and
 :class:`Unavailable` (no model yet); each endpoint maps them to its protocol's codes.
+
+While a rollout runs for a model (``shared/rollout.py``), :func:`answer` picks the side:
+*canary* — the candidate answers the requests whose id hashes below its share (its failure
+falls back to the champion, flagged ``candidate_error``); *shadow* — the champion answers and a
+worker scores the same rows with the candidate off the response path and logs them as
+``shadow``, never returned. Requests that pin a version are never routed.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from events import PredictionLogged
+from prometheus_client import Counter
+
+from events import PredictionLogged, RolloutTag
 from functions.predict import cache
 from functions.predict.cache import CachedScorer
 from functions.predict.champion import LoadedModel, RegistryClient
@@ -27,6 +36,7 @@ from functions.predict.prediction_log import PredictionLogger
 from functions.predict.repository import ModelRepository, Unavailable
 from shared import settings
 from shared.contracts import Contract, all_contracts, get_contract
+from shared.rollout import Rollout
 
 log = logging.getLogger("faaspipe.predict")
 
@@ -34,6 +44,13 @@ OUTPUTS = ("probability", "label")
 MAX_REQUEST_ID = 128
 SERVER_NAME = "faaspipe-predict"
 SERVER_VERSION = "1"
+SHADOW_QUEUE = 64  # mirrored requests waiting for the candidate; past it they are not mirrored
+
+ROLLOUT_ANSWERS = Counter(
+    "faaspipe_predict_rollout_answers_total",
+    "Requests answered while a rollout runs, by side (candidate_error: the champion answered for it)",
+    ["model", "variant"],
+)
 
 
 @dataclass
@@ -46,6 +63,12 @@ class Serving:
     logger: PredictionLogger
     scorer: CachedScorer = field(default_factory=lambda: CachedScorer(None))
     features: dict[str, FeatureServer] = field(default_factory=dict)
+    shadow: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+    )
+    shadow_waiting: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(SHADOW_QUEUE)
+    )
 
     def feature_server(self, dataset: str) -> FeatureServer:
         if dataset not in self.features:
@@ -61,6 +84,7 @@ class Inference:
     request_id: str
     probabilities: list[float]
     labels: list[int]
+    rollout: RolloutTag | None = None  # the side that answered, while a rollout runs
 
     def outputs(self) -> dict[str, tuple[str, list[Any]]]:
         """Output name → (datatype, flat data), as the model metadata lists them."""
@@ -149,6 +173,52 @@ def score(serving: Serving, loaded: LoadedModel, rows: list[RawRow], *, fresh: b
     return Inference(loaded, "", [p for p, _ in scored], [y for _, y in scored])
 
 
+def answer(
+    serving: Serving,
+    loaded: LoadedModel,
+    rows: list[RawRow],
+    rid: str,
+    *,
+    pinned: bool = False,
+    fresh: bool = False,
+) -> Inference:
+    """Score request ``rid``: the champion ``loaded`` answers, or, while a rollout runs and the
+    request pins no version, the side the rollout picks (see the module docstring)."""
+    rollout = None if pinned else serving.models.rollout(loaded.name)
+    if rollout is None or rollout.champion != loaded.version:
+        scored = score(serving, loaded, rows, fresh=fresh)
+        return Inference(loaded, rid, scored.probabilities, scored.labels)
+    tag: RolloutTag = {"id": rollout.id, "variant": "champion", "candidate_version": rollout.candidate}
+    if rollout.candidate_answers(rid):
+        try:
+            candidate = serving.models.get(loaded.name, rollout.candidate)
+            scored = score(serving, candidate, rows, fresh=fresh)
+        except Exception as exc:  # noqa: BLE001 - the champion answers instead; the monitor counts it
+            log.warning("%s: canary v%s failed on %s: %s", loaded.name, rollout.candidate, rid, exc)
+            tag["candidate_error"] = True
+        else:
+            ROLLOUT_ANSWERS.labels(loaded.name, "candidate").inc()
+            return Inference(
+                candidate, rid, scored.probabilities, scored.labels, {**tag, "variant": "candidate"}
+            )
+    scored = score(serving, loaded, rows, fresh=fresh)
+    ROLLOUT_ANSWERS.labels(loaded.name, "candidate_error" if tag.get("candidate_error") else "champion").inc()
+    return Inference(loaded, rid, scored.probabilities, scored.labels, tag)
+
+
+def mirrors(serving: Serving, result: Inference) -> Rollout | None:
+    """The shadow rollout ``result`` (a champion's answer) is to be mirrored to, if any."""
+    rollout = serving.models.rollout(result.model.name)
+    if (
+        result.rollout is None
+        or rollout is None
+        or rollout.mode != "shadow"
+        or rollout.id != result.rollout["id"]
+    ):
+        return None
+    return rollout
+
+
 def log_predictions(
     serving: Serving,
     result: Inference,
@@ -158,24 +228,83 @@ def log_predictions(
     entities: list[int] | None,
     started: float,
 ) -> None:
-    """One ``prediction.logged`` per row; row ``i`` of a batch is ``<request_id>-<i>``."""
+    """One ``prediction.logged`` per row; row ``i`` of a batch is ``<request_id>-<i>``. Under a
+    shadow rollout the rows are logged by the shadow worker, beside the candidate's."""
     latency_ms = (time.perf_counter() - started) * 1000
-    single = len(rows) == 1
-    serving.logger.log(
-        [
-            PredictionLogged(
-                request_id=result.request_id if single else f"{result.request_id}-{i}",
-                model_name=result.model.name,
-                model_version=result.model.version,
-                route=route,  # type: ignore[arg-type]
-                entity_id=entities[i] if entities else None,
-                inputs=dict(row),
-                output={"probability": result.probabilities[i], "label": result.labels[i]},  # type: ignore[typeddict-item]
-                latency_ms=latency_ms,
+    rollout = mirrors(serving, result)
+    if rollout is not None and serving.shadow_waiting.acquire(blocking=False):
+        serving.shadow.submit(_shadow, serving, rollout, result, list(rows), entities, route, latency_ms)
+        return
+    serving.logger.log(_records(result, route, rows, entities, latency_ms))
+
+
+def _shadow(
+    serving: Serving,
+    rollout: Rollout,
+    result: Inference,
+    rows: list[RawRow],
+    entities: list[int] | None,
+    route: str,
+    latency_ms: float,
+) -> None:
+    """Score a served request with the candidate and log both sides (worker thread)."""
+    try:
+        started = time.perf_counter()
+        records: list[PredictionLogged] = []
+        try:
+            candidate = serving.models.get(result.model.name, rollout.candidate)
+            scored = score(serving, candidate, rows)
+        except Exception as exc:  # noqa: BLE001 - counted as the candidate's error
+            log.warning(
+                "%s: shadow v%s failed on %s: %s",
+                rollout.model_name,
+                rollout.candidate,
+                result.request_id,
+                exc,
             )
-            for i, row in enumerate(rows)
-        ]
-    )
+            failed: RolloutTag = {
+                "id": rollout.id,
+                "variant": "champion",
+                "candidate_version": rollout.candidate,
+                "candidate_error": True,
+            }
+            served = Inference(result.model, result.request_id, result.probabilities, result.labels, failed)
+            ROLLOUT_ANSWERS.labels(result.model.name, "candidate_error").inc()
+        else:
+            served = result
+            shadow_tag: RolloutTag = {
+                "id": rollout.id,
+                "variant": "shadow",
+                "candidate_version": rollout.candidate,
+            }
+            mirrored = Inference(
+                candidate, result.request_id, scored.probabilities, scored.labels, shadow_tag
+            )
+            records = _records(mirrored, route, rows, entities, (time.perf_counter() - started) * 1000)
+            ROLLOUT_ANSWERS.labels(result.model.name, "shadow").inc()
+        serving.logger.log(_records(served, route, rows, entities, latency_ms) + records)
+    finally:
+        serving.shadow_waiting.release()
+
+
+def _records(
+    result: Inference, route: str, rows: Sequence[RawRow], entities: list[int] | None, latency_ms: float
+) -> list[PredictionLogged]:
+    single = len(rows) == 1
+    return [
+        PredictionLogged(
+            request_id=result.request_id if single else f"{result.request_id}-{i}",
+            model_name=result.model.name,
+            model_version=result.model.version,
+            route=route,  # type: ignore[arg-type]
+            entity_id=entities[i] if entities else None,
+            inputs=dict(row),
+            output={"probability": result.probabilities[i], "label": result.labels[i]},  # type: ignore[typeddict-item]
+            latency_ms=latency_ms,
+            rollout=result.rollout,
+        )
+        for i, row in enumerate(rows)
+    ]
 
 
 def infer_v2(
@@ -198,8 +327,9 @@ def infer_v2(
     if unknown:
         raise BadInput(f"outputs: unknown output(s) {unknown}; available: {list(OUTPUTS)}")
     rows = rows_from_v2_inputs(contract(serving, loaded), inputs)
-    scored = score(serving, loaded, rows, fresh=fresh)
-    result = Inference(loaded, request_id(request_id_hint), scored.probabilities, scored.labels)
+    result = answer(
+        serving, loaded, rows, request_id(request_id_hint), pinned=version is not None, fresh=fresh
+    )
     log_predictions(serving, result, route=route, rows=rows, entities=None, started=started)
     wanted = [o for o in OUTPUTS if o in requested] if requested else list(OUTPUTS)
     return result, wanted

@@ -8,6 +8,10 @@ rollout aliases (``champion``, ``challenger``, ``canary``).
 Loaded models share a memory budget (``FAASPIPE_PREDICT_MEMORY_MB``); past it the least recently
 used one is unloaded (and loaded again on its next request). One model failing to load answers
 its own requests with the reason and never touches another model's.
+
+A rollout in progress (the registered model's ``faaspipe.rollout`` tag, ``shared/rollout.py``)
+is read with the alias, whenever the champion is loaded or refreshed, and kept per model
+(``rollout(model)``): the data plane routes by it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from functions.predict.champion import ChampionHolder, LoadedModel, load_model
 from functions.predict.inputs import BadInput
 from shared.contracts import Contract
 from shared.registry_alias import RegistryClient, RegistryError
+from shared.rollout import ROLLOUT_TAG, Rollout
 
 log = logging.getLogger("faaspipe.predict.repository")
 
@@ -75,6 +80,7 @@ class ModelRepository:
         self._lru: OrderedDict[tuple[str, str | None], int] = OrderedDict()  # (model, pinned version) → bytes
         self._evicted: set[str] = set()  # champions unloaded for the budget: back on their next request
         self._lock = threading.RLock()
+        self._rollouts: dict[str, Rollout] = {}  # model → the rollout in progress
         self.on_swap: Callable[[str], None] | None = None  # called with a model whose alias moved
         BUDGET_BYTES.set(budget_bytes)
 
@@ -118,6 +124,7 @@ class ModelRepository:
             current = holder.current
             if current is None:
                 raise Unavailable(f"model '{model}': {holder.unavailable_reason}")
+            self.refresh_rollout(model)
         with self._lock:
             self._evicted.discard(model)
         self._used(model, None, current)
@@ -196,6 +203,7 @@ class ModelRepository:
             if holder is None or model in self._evicted:
                 return False
         swapped = holder.refresh()
+        self.refresh_rollout(model)
         if swapped and holder.current is not None:
             self._used(model, None, holder.current)
             if self.on_swap is not None:
@@ -223,6 +231,34 @@ class ModelRepository:
                     self._pinned.pop((model, version), None)
                     self._lru.pop((model, version), None)
                     self._publish()
+
+    # ---------------------------------------------------------------- rollouts
+    def rollout(self, model: str) -> Rollout | None:
+        """The rollout in progress for ``model``, as last read from the registry."""
+        return self._rollouts.get(model)
+
+    def refresh_rollout(self, model: str) -> None:
+        """Read the model's rollout tag; a registry failure keeps what was read before."""
+        try:
+            text = self.registry.model_tag(model, ROLLOUT_TAG)
+        except RegistryError as exc:
+            log.warning("rollout tag of %s unreadable (%s); keeping what was read before", model, exc)
+            return
+        try:
+            rollout = Rollout.from_json(text) if text else None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("rollout tag of %s is malformed (%s); serving the champion only", model, exc)
+            rollout = None
+        with self._lock:
+            before = self._rollouts.pop(model, None)
+            if rollout is not None:
+                self._rollouts[model] = rollout
+        if (before and before.id) != (rollout and rollout.id):
+            log.info(
+                "%s: rollout %s",
+                model,
+                f"{rollout.id} ({rollout.mode} of v{rollout.candidate})" if rollout else "ended",
+            )
 
     def loaded_names(self) -> list[str]:
         with self._lock:

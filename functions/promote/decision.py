@@ -38,11 +38,12 @@ class ChampionKeptChanging(RuntimeError):
 
 @dataclass
 class Decision:
-    outcome: Literal["promoted", "rejected"]
+    outcome: Literal["promoted", "rejected", "canary"]  # canary: a rollout started (shared/rollout.py)
     gates: list[Gate]
     champion_before: str | None
     champion_after: str | None
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    rollout: dict[str, Any] | None = None  # the rollout this decision started or ended
 
     @property
     def reasons(self) -> list[str]:

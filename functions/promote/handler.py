@@ -6,6 +6,12 @@ first model), ``latency`` (single-row p99 of the S3 model.json Booster, nthread=
 budget) and ``input_schema`` (meta.json features = the contract's encoded features, which the
 serving function sends). The alias moves with compare-and-set (``decision.decide``).
 
+Progressive rollout: when the contract declares ``rollout:`` (canary or shadow) and a champion
+exists, a challenger that passes the gates takes the ``canary`` alias instead, and the reply is
+``rollout.started``; ``dev.faaspipe.rollout.decided.v1`` (from the monitor, or a person) then
+promotes it with compare-and-set or rolls it back (``rollouts.py``), replying ``model.promoted``
+or ``model.rejected``; the audit record holds the offline gates and the live checks.
+
 Every decision is an audit record — who, what, why, when: gates, champion before/after — kept
 with the version: the full record at ``layout.audit_record(name, version)`` (models bucket) and a
 short JSON in the version tag ``faaspipe.decision``. The record is written as *pending* before
@@ -20,15 +26,18 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import asdict
 from typing import Any
 
-from events import ModelPromoted, ModelRegistered, ModelRejected, rfc3339
+from events import ModelPromoted, ModelRegistered, ModelRejected, RolloutDecided, RolloutStarted, rfc3339
 from functions.promote import gates as artefact_gates
+from functions.promote import rollouts
 from functions.promote.decision import Decision, decide, roc_auc_gate
 from functions.promote.registry import CHAMPION, MlflowRegistry
 from shared import layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, contract_for_model, get_contract
+from shared.rollout import CANARY
 
 log = logging.getLogger("faaspipe.promote")
 
@@ -54,7 +63,9 @@ def decided_by() -> str:
     return f"promote@{socket.gethostname()}/{os.getpid()}"
 
 
-def handle(event: CloudEvent) -> CloudEvent:
+def handle(event: CloudEvent) -> CloudEvent | None:
+    if event.get_type() == RolloutDecided.TYPE:
+        return _on_rollout_decided(RolloutDecided.from_event(event), event)
     registered = ModelRegistered.from_event(event)
     name, version = registered.model_name, registered.version
     with _decision_lock:
@@ -128,6 +139,16 @@ def _decide(registry: MlflowRegistry, registered: ModelRegistered, event: CloudE
             *fixed_gates,
         ]
 
+    if contract.rollout.mode != "off":
+        champion = registry.champion(name)
+        if champion is not None and champion != version:
+            gates = evaluate(champion)
+            if not all(g["passed"] for g in gates):
+                return Decision("rejected", gates, champion, champion, [{"champion": champion}])
+            rollout = rollouts.start(registry, name, version, champion, contract.rollout, decided_by())
+            rounds = [{"champion": champion, "outcome": f"{contract.rollout.mode} rollout {rollout.id}"}]
+            return Decision("canary", gates, champion, champion, rounds, rollout=asdict(rollout))
+
     def write_pending(champion: str | None, gates: list[dict[str, Any]]) -> None:
         if all(g["passed"] for g in gates):
             pending = Decision("promoted", gates, champion, None)
@@ -163,12 +184,13 @@ def _audit_record(
         "model_name": registered.model_name,
         "version": registered.version,
         "decision": decision.outcome,
-        "alias": CHAMPION,
+        "alias": CANARY if decision.outcome == "canary" else CHAMPION,
         "champion_before": decision.champion_before,
         "champion_after": decision.champion_after,
         "gates": decision.gates,
         "reasons": decision.reasons,
         "rounds": decision.rounds,
+        "rollout": decision.rollout,
         "decided_by": decided_by(),
         "decided_at": rfc3339(),
         "trigger": {"type": event.get_type(), "source": str(event.get_source()), "id": str(event.get_id())},
@@ -201,6 +223,22 @@ def reply_of(record: dict[str, Any]) -> CloudEvent:
     """The decision's event, rebuilt from its audit record (same id on every redelivery)."""
     name, version = record["model_name"], record["version"]
     attributes = {"source": SOURCE, "subject": f"{name}/{version}", "id": f"{name}/{version}.decision"}
+    if record["decision"] == "canary":
+        rollout = record["rollout"]
+        policy = rollout["policy"]
+        return RolloutStarted(
+            model_name=name,
+            rollout_id=rollout["id"],
+            mode=policy["mode"],
+            share=policy["share"] if policy["mode"] == "canary" else 0.0,
+            candidate_version=version,
+            champion_version=rollout["champion"],
+            window_s=policy["window_s"],
+            min_requests=policy["min_requests"],
+            gates=record["gates"],
+            started_by=rollout["started_by"],
+            started_at=rollout["started_at"],
+        ).to_event(**{**attributes, "id": f"{name}/{version}.rollout"})
     if record["decision"] == "promoted":
         return ModelPromoted(
             model_name=name,
@@ -220,3 +258,50 @@ def reply_of(record: dict[str, Any]) -> CloudEvent:
         decided_by=record["decided_by"],
         decided_at=record["decided_at"],
     ).to_event(**attributes)
+
+
+def _on_rollout_decided(decided: RolloutDecided, event: CloudEvent) -> CloudEvent | None:
+    """Promote or roll back the running rollout; the candidate's audit record becomes final."""
+    name, version = decided.model_name, decided.candidate_version
+    with _decision_lock:
+        registry = MlflowRegistry()
+        current = rollouts.running(registry, name)
+        record = modelling.get_json(layout.MODELS, layout.audit_record(name, version))
+        if current is None or current.id != decided.rollout_id:
+            ended = record is not None and (record.get("rollout") or {}).get("id") == decided.rollout_id
+            if ended and record is not None and record["decision"] in ("promoted", "rejected"):
+                log.info(
+                    "rollout %s was decided already (%s); answering again",
+                    decided.rollout_id,
+                    record["decision"],
+                )
+                return reply_of(record)
+            log.warning("ignoring a decision for rollout %s: it is not the running one", decided.rollout_id)
+            return None
+        outcome = rollouts.finish(registry, current, decided)
+        record = {
+            **(record or {"model_name": name, "version": version, "gates": [], "rounds": []}),
+            "status": "final",
+            "decision": outcome["decision"],
+            "alias": CHAMPION,
+            "champion_before": outcome["champion_before"],
+            "champion_after": outcome["champion_after"],
+            "gates": [*(record or {}).get("gates", []), *decided.checks],
+            "reasons": outcome["reasons"],
+            "rollout": {
+                **asdict(current),
+                "decision": decided.decision,
+                "decided_by": decided.decided_by,
+                "evidence": decided.evidence,
+            },
+            "decided_by": decided.decided_by,
+            "decided_at": rfc3339(),
+            "trigger": {
+                "type": event.get_type(),
+                "source": str(event.get_source()),
+                "id": str(event.get_id()),
+            },
+        }
+        modelling.put_json(layout.MODELS, layout.audit_record(name, version), record)
+        registry.tag(name, version, DECISION_TAG, _short(record))
+    return reply_of(record)

@@ -15,14 +15,7 @@ class MlflowRegistry:
         self.alias = alias
 
     def champion(self, model_name: str) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(model_name, self.alias).version)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
+        return self.alias_version(model_name, self.alias)
 
     def set_champion(self, model_name: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, self.alias, version)
@@ -38,3 +31,33 @@ class MlflowRegistry:
 
     def tag(self, model_name: str, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(model_name, version, key, value)
+
+    # ------------------------------------------------------------------ rollouts
+    def alias_version(self, model_name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove ``alias`` (a no-op when no version carries it)."""
+        if self.alias_version(model_name, alias) is not None:
+            self.client.delete_registered_model_alias(model_name, alias)
+
+    def model_tag(self, model_name: str, key: str) -> str | None:
+        value = self.client.get_registered_model(model_name).tags.get(key)
+        return None if value is None else str(value)
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(model_name, key, value)
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        if self.model_tag(model_name, key) is not None:
+            self.client.delete_registered_model_tag(model_name, key)

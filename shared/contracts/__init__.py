@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from shared.rollout import RolloutPolicy, RolloutPolicyError
+
 CONTRACTS_DIR = Path(__file__).resolve().parent
 _BINOPS = {
     ast.Add: operator.add,
@@ -73,6 +75,7 @@ class Contract:
     model_features: tuple[str, ...]
     feature_view: str
     model_name: str
+    rollout: RolloutPolicy = RolloutPolicy()  # how a new challenger reaches live traffic
 
     @property
     def ref(self) -> str:
@@ -191,7 +194,10 @@ def load_contract(path: Path) -> Contract:
             model_features=tuple(doc["model_features"]),
             feature_view=doc["feature_view"],
             model_name=doc["model_name"],
+            rollout=RolloutPolicy.parse(doc.get("rollout"), str(path)),
         )
+    except RolloutPolicyError as exc:
+        raise ContractError(str(exc)) from exc
     except KeyError as exc:
         raise ContractError(f"{path}: missing required field {exc}") from exc
     known = {c.name for c in contract.columns} | set(contract.derived)
