@@ -66,6 +66,7 @@ bench: envs
 	$(PY) -m bench.broker_throughput
 	$(PY) -m bench.ml_serving
 	$(PY) -m bench.batch_scoring
+	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
 
 lock: $(UV)

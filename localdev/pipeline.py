@@ -69,7 +69,11 @@ def run(config: StackConfig, timeout_s: float = 1800.0, force: bool = False) -> 
     return 0 if run_chain(config, timeout_s) is not None else 1
 
 
-def run_chain(config: StackConfig, timeout_s: float = 1800.0) -> dict[str, object] | None:
+def run_chain(
+    config: StackConfig, timeout_s: float = 1800.0, landing_key: str = LANDING_KEY
+) -> dict[str, object] | None:
+    """Drop the AI4I file at ``landing_key`` (another contract's prefix trains that contract's
+    model on it) and follow the chain until a champion serves; what it served, or None."""
     path, what = dataset_file()
     log = EventLog(config)  # start reading before the upload: nothing is missed
     s3 = Minio(
@@ -80,8 +84,8 @@ def run_chain(config: StackConfig, timeout_s: float = 1800.0) -> dict[str, objec
         region="us-east-1",
     )
     started = time.monotonic()
-    s3.fput_object("landing", LANDING_KEY, str(path), content_type="text/csv")
-    print(f"uploaded {what} to s3://landing/{LANDING_KEY}; following the pipeline ...", flush=True)
+    s3.fput_object("landing", landing_key, str(path), content_type="text/csv")
+    print(f"uploaded {what} to s3://landing/{landing_key}; following the pipeline ...", flush=True)
     outcome = None
     registered: dict[str, dict] = {}  # type: ignore[type-arg]
     for event in log.events(timeout_s):
