@@ -41,8 +41,8 @@ from bench.scaling_functions.burst.handler import handled_path
 from bench.stack import bench_stack, machine_facts
 from events import new_event
 from localdev.config import StackConfig
-from localdev.topology import REPO_ROOT, load_function
 from shared.cloudevents_io import to_http
+from shared.topology import REPO_ROOT, load_function
 
 FUNCTION = "burst"
 FUNCTION_DIR = REPO_ROOT / "bench" / "scaling_functions"

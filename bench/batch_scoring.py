@@ -40,8 +40,8 @@ from localdev import pipeline
 from localdev.config import StackConfig
 from localdev.datagen import generate
 from localdev.event_log import EventLog
-from localdev.topology import REPO_ROOT
 from shared import layout
+from shared.topology import REPO_ROOT
 
 SCORED = "dev.faaspipe.batch.scored.v1"
 REJECTED = "dev.faaspipe.batch.rejected.v1"

@@ -33,9 +33,9 @@ from bench.functions.noop.handler import receipts_path
 from bench.kafka_peer import KafkaPeer
 from bench.receipts import ReceiptLog
 from bench.stack import bench_stack, machine_facts
-from localdev.topology import REPO_ROOT
 from shared import tracing
 from shared.cloudevents_io import CloudEvent, to_kafka
+from shared.topology import REPO_ROOT
 
 PING = "dev.faaspipe.sample.ping.v1"
 SOURCE = "/faaspipe/bench/broker-throughput"

@@ -12,7 +12,7 @@ import urllib3
 
 from bench.stack import supervisor_status, wait_until
 from localdev.config import StackConfig
-from localdev.topology import REPO_ROOT, load_function
+from shared.topology import REPO_ROOT, load_function
 
 HTTP = urllib3.PoolManager(maxsize=2, retries=False, timeout=urllib3.Timeout(connect=5, read=180))
 

@@ -27,7 +27,7 @@ from bench.predict_load import Target, run_matrix, write_bodies
 from bench.stack import bench_stack, machine_facts, ready_replica_urls, supervisor_status
 from localdev import pipeline
 from localdev.config import StackConfig
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 NO_CACHE = "no-cache"  # predict scores the row: a fair peer of mlflow serve, which has no cache
 TARGETS = {

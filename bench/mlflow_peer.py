@@ -14,7 +14,7 @@ from bench.stack import wait_until
 from localdev.components import VENVS_DIR
 from localdev.config import StackConfig
 from localdev.processes import free_port
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 HTTP = urllib3.PoolManager(maxsize=4, retries=False, timeout=urllib3.Timeout(connect=5, read=30))
 

@@ -39,7 +39,7 @@ from bench.ml_serving import NO_CACHE, dataset_rows, direct_url
 from bench.predict_load import Target, run_point, write_bodies
 from bench.stack import bench_stack, machine_facts
 from localdev import pipeline
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 SECOND_DATASET = "ai4i-lite"
 _HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))

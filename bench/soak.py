@@ -21,7 +21,7 @@ from bench.functions.noop.handler import receipts_path
 from bench.receipts import ReceiptLog
 from bench.stack import bench_stack, machine_facts
 from localdev.config import StackConfig
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 FRACTION = 0.8
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "soak.json"

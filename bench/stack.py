@@ -25,7 +25,7 @@ import kafka
 from bench.k6run import k6_version
 from localdev.config import StackConfig
 from localdev.processes import port_free
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 
 def wait_for_ports(config: StackConfig, timeout_s: float = 90.0) -> None:

@@ -30,8 +30,8 @@ from localdev.gateway import Gateway
 from localdev.keda.executor import Bounds, HpaState, decide
 from localdev.keda.lag import PartitionOffsets, TriggerLag, backlog_lag, total_lag
 from localdev.scaling_policy import ScaleState, kpa_desired
-from localdev.topology import Function, Trigger
 from shared.kafka_offsets import group_lag, offsets_consumer
+from shared.topology import Function, Trigger
 
 log = logging.getLogger("faaspipe.autoscaler")
 

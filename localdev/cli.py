@@ -21,7 +21,7 @@ import urllib3
 
 from localdev.config import PORT_OFFSETS, StackConfig
 from localdev.processes import kill_leftovers, pid_alive, port_free
-from localdev.topology import REPO_ROOT
+from shared.topology import REPO_ROOT
 
 _HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=5.0))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from localdev.config import StackConfig
 from localdev.processes import Child
-from localdev.topology import REPO_ROOT, Function
+from shared.topology import REPO_ROOT, Function
 
 VENVS_DIR = Path(os.environ.get("FAASPIPE_VENVS_DIR", REPO_ROOT / ".venvs"))
 PLATFORM_BIN = Path(sys.executable).parent
@@ -57,7 +57,7 @@ def notified_prefixes(config: StackConfig) -> list[str]:
     Never the whole of /buckets/: the Kafka log lives in the tansu bucket, and every event
     appended there would be notified again.
     """
-    from localdev.topology import load_topology
+    from shared.topology import load_topology
 
     source = load_topology(config.function_dirs).functions.get("object-events")
     buckets = (source.env.get("FAASPIPE_OBJECT_EVENTS_BUCKETS", "") if source else "").split(",")

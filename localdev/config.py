@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from localdev.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT
+from shared.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT
 
 # Offsets from the port base. SeaweedFS opens many ports; all are pinned here.
 PORT_OFFSETS = {

@@ -134,7 +134,7 @@ def check_syntax(env: Mapping[str, str]) -> list[Problem]:
 
 def check_functions(env: Mapping[str, str]) -> list[Problem]:
     """The topology loads, each function's environment exists, its function.yaml env parses."""
-    from localdev.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT, load_topology
+    from shared.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT, load_topology
 
     dirs = env.get("FAASPIPE_FUNCTION_DIRS")
     try:

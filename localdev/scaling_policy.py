@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from localdev.topology import Scaling
+from shared.topology import Scaling
 
 
 @dataclass

@@ -34,7 +34,7 @@ from localdev.config import StackConfig
 from localdev.gateway import Gateway
 from localdev.grpc_front import GrpcFront
 from localdev.processes import Child, kill_leftovers, pick_port
-from localdev.topology import Function, load_topology
+from shared.topology import Function, load_topology
 
 log = logging.getLogger("faaspipe.supervisor")
 

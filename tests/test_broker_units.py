@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from localdev.broker.delivery import is_retryable
-from localdev.broker.filters import check_filters, matches
-from localdev.topology import Delivery, TopologyError, load_function, load_topology, parse_duration
+from shared.filters import check_filters, matches
+from shared.topology import Delivery, TopologyError, load_function, load_topology, parse_duration
 
 ATTRS = {"type": "dev.faaspipe.sample.ping.v1", "source": "/tests/a", "subject": "landing/ai4i/x.csv"}
 

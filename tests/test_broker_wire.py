@@ -18,8 +18,8 @@ from aiohttp import web
 
 from localdev.broker import wire
 from localdev.broker.delivery import Deliverer, dead_letter_event, retry_after
-from localdev.topology import Delivery
 from shared.cloudevents_io import InvalidCloudEvent
+from shared.topology import Delivery
 
 ODD_JSON = '{"message":"x",  "n" : "ä",\n "list":[1,2.50,3e2]}'.encode()
 BINARY = bytes(range(256))

@@ -1,4 +1,4 @@
-"""The CESQL evaluator (localdev/broker/cesql) against the official CESQL v1 TCK, plus its API.
+"""The CESQL evaluator (shared/cesql) against the official CESQL v1 TCK, plus its API.
 
 tests/cesql_tck/tck.json holds every case of the TCK's YAML files (cloudevents/spec, tag
 cesql/v1.0.0, cesql/cesql_tck/*.yaml); each parametrized test is named "<file>: <test name>"
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from localdev.broker.cesql import (
+from shared.cesql import (
     CesqlError,
     CesqlParseError,
     Expression,

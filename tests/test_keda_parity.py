@@ -9,9 +9,9 @@ import pytest
 
 from localdev.keda.executor import Bounds, HpaState, decide
 from localdev.keda.lag import PartitionOffsets, total_lag
-from localdev.keda.metadata import KafkaScalerMetadata
 from localdev.render import CLUSTER_KEDA_OPTIONS, ClusterSettings, function_service, keda_annotations
-from localdev.topology import REPO_ROOT, Function, TopologyError, load_function, load_topology
+from shared.keda_metadata import KafkaScalerMetadata
+from shared.topology import REPO_ROOT, Function, TopologyError, load_function, load_topology
 
 PREFIX = "autoscaling.eventing.knative.dev/"
 # A backlog over time (per poll): a burst, its drain, then idle.

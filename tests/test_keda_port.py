@@ -28,8 +28,8 @@ from localdev.keda.lag import (
     next_balancing_factor,
     total_lag,
 )
-from localdev.keda.metadata import KafkaScalerMetadata, KedaMetadataError, parse_partition_limitation
-from localdev.topology import TopologyError, load_function
+from shared.keda_metadata import KafkaScalerMetadata, KedaMetadataError, parse_partition_limitation
+from shared.topology import TopologyError, load_function
 
 T = "kafka_scaler_test.go TestGetBrokers (parseKafkaMetadataTestDataset)"
 V = "kafka_scaler.go kafkaMetadata.Validate"

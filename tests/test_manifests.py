@@ -36,7 +36,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from localdev.broker.filters import matches
 from localdev.config import StackConfig
 from localdev.render import (
     DLQ_SINK,
@@ -50,7 +49,8 @@ from localdev.render import (
     platform_env,
     render,
 )
-from localdev.topology import REPO_ROOT, Topology, load_topology, parse_duration
+from shared.filters import matches
+from shared.topology import REPO_ROOT, Topology, load_topology, parse_duration
 
 MANIFESTS = REPO_ROOT / "manifests"
 RERENDER = "manifests/ do not match the topology: run `faaspipe render`"
@@ -666,7 +666,7 @@ def test_platform_settings_cover_localdev_function_env(base_objects: list) -> No
     assert set(cm["data"]) == set(platform_env(ClusterSettings()))
     missing = set(local) - set(cm["data"]) - SECRET_ENV - LOCAL_ONLY_ENV
     assert not missing, (
-        f"function_env() keys with no cluster value: {sorted(missing)} (add them in render.py)"
+        f"function_env() keys with no cluster value: {sorted(missing)} (add them in localdev/render/platform.py)"
     )
     dev = next(o for o in overlays() if o.name == "dev")
     assert set(dev.secrets["faaspipe-platform"]) == SECRET_ENV

@@ -24,7 +24,7 @@ from functions.object_events.mapping import (
     events_from_notification,
     map_notification,
 )
-from localdev.topology import load_function
+from shared.topology import load_function
 
 REPO = Path(__file__).resolve().parent.parent
 ETAG = "e5ebd4c02cefbe7955977c67ada242b7"

@@ -25,7 +25,7 @@ import pytest
 from localdev.gateway import Gateway
 from localdev.grpc_front import GrpcFront
 from localdev.processes import free_port
-from localdev.topology import TopologyError, load_function, load_topology
+from shared.topology import TopologyError, load_function, load_topology
 from tests.conftest import REPO
 
 TENSOR_CASES = r"""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from localdev.scaling_policy import ScaleState, kpa_desired
-from localdev.topology import Scaling
+from shared.topology import Scaling
 
 POLICY = Scaling(
     min_replicas=0,

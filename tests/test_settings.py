@@ -19,7 +19,7 @@ import pytest
 
 from localdev import preflight
 from localdev.config import PLATFORM_SET, PORT_OFFSETS, SETTINGS
-from localdev.topology import load_topology
+from shared.topology import load_topology
 from tests import services
 from tests.conftest import REPO, TEST_PORT_BASE, _stack_processes
 

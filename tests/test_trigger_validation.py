@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from localdev.broker.filters import matches
-from localdev.topology import TopologyError, load_function
+from shared.filters import matches
+from shared.topology import TopologyError, load_function
 
 TV = "trigger_validation_test.go TestFilterSpecValidation"
 DV = "delivery_types.go DeliverySpec.Validate"

@@ -33,8 +33,8 @@ from multidict import CIMultiDictProxy
 
 from localdev.broker import wire
 from localdev.broker.protocol import TRIGGER_HEADER
-from localdev.topology import Delivery
 from shared.cloudevents_io import InvalidCloudEvent
+from shared.topology import Delivery
 
 log = logging.getLogger("faaspipe.delivery")
 

@@ -24,7 +24,7 @@ from localdev.aio import run_forever
 from localdev.broker.delivery import Deliverer
 from localdev.broker.dispatcher import BrokerTopics, TriggerDispatcher, start_dispatchers
 from localdev.config import StackConfig
-from localdev.topology import load_topology
+from shared.topology import load_topology
 
 log = logging.getLogger("faaspipe.dispatch")
 MAX_EVENT_BYTES = int(os.environ.get("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024)))

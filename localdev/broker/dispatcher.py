@@ -30,11 +30,11 @@ from prometheus_client import Counter, Histogram
 
 from localdev.broker import wire
 from localdev.broker.delivery import Deliverer, Outcome, dead_letter_event
-from localdev.broker.filters import matches
 from localdev.broker.protocol import REPLAY_TARGET
-from localdev.topology import Trigger
 from shared.cloudevents_io import InvalidCloudEvent
+from shared.filters import matches
 from shared.kafka_offsets import offsets_consumer, true_end_offsets
+from shared.topology import Trigger
 
 log = logging.getLogger("faaspipe.dispatcher")
 

@@ -18,8 +18,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from localdev.broker import wire
 from localdev.broker.protocol import REPLAY_TARGET
 from localdev.config import StackConfig
-from localdev.topology import load_topology
 from shared.kafka_offsets import true_end_offsets
+from shared.topology import load_topology
 
 ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", "faaspipetrigger")
 

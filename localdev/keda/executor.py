@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from localdev.keda.lag import TriggerLag, is_active
-from localdev.keda.metadata import KafkaScalerMetadata
+from shared.keda_metadata import KafkaScalerMetadata
 
 __all__ = ["Bounds", "Decision", "HpaState", "decide"]
 

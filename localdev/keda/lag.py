@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from localdev.keda.metadata import KafkaScalerMetadata
+from shared.keda_metadata import KafkaScalerMetadata
 
 __all__ = [
     "PartitionOffsets",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from localdev.broker.cesql.errors import CesqlParseError
+from shared.cesql.errors import CesqlParseError
 
 WHITESPACE = frozenset(" \t\r\n")
 WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from localdev.keda.metadata import OPTIONS as KEDA_OPTIONS
-from localdev.keda.metadata import KafkaScalerMetadata, KedaMetadataError
+from shared.keda_metadata import OPTIONS as KEDA_OPTIONS
+from shared.keda_metadata import KafkaScalerMetadata, KedaMetadataError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FUNCTION_DIRS = (REPO_ROOT / "functions",)
@@ -297,7 +297,7 @@ def load_function(path: Path) -> Function:
         t_where = f"{where}: triggers[{i}]"
         t_name = _require(t, "name", t_where)
         filters = tuple(t.get("filters", []) or [])
-        from localdev.broker.filters import check_filters  # local import: keeps YAML loading light
+        from shared.filters import check_filters  # local import: keeps YAML loading light
 
         try:
             check_filters(filters)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localdev.broker.cesql.casting import CesqlType, Value, type_of
-from localdev.broker.cesql.functions import Function
-from localdev.broker.cesql.like import Pattern
+from shared.cesql.casting import CesqlType, Value, type_of
+from shared.cesql.functions import Function
+from shared.cesql.like import Pattern
 
 ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
 ORDERING = frozenset({"<", "<=", ">", ">="})

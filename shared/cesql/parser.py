@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import re
 
-from localdev.broker.cesql import functions
-from localdev.broker.cesql.casting import in_int32
-from localdev.broker.cesql.errors import CesqlParseError
-from localdev.broker.cesql.lexer import END, INTEGER, OPERATOR, PUNCT, STRING, WORD, Token, tokenize
-from localdev.broker.cesql.like import compile_pattern
-from localdev.broker.cesql.nodes import (
+from shared.cesql import functions
+from shared.cesql.casting import in_int32
+from shared.cesql.errors import CesqlParseError
+from shared.cesql.lexer import END, INTEGER, OPERATOR, PUNCT, STRING, WORD, Token, tokenize
+from shared.cesql.like import compile_pattern
+from shared.cesql.nodes import (
     EQUALITY,
     ORDERING,
     Attribute,

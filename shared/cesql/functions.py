@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from localdev.broker.cesql.casting import INT_MAX, INT_MIN, CesqlType, Value, cast
-from localdev.broker.cesql.errors import CesqlError, FunctionEvaluationError, MathError
+from shared.cesql.casting import INT_MAX, INT_MIN, CesqlType, Value, cast
+from shared.cesql.errors import CesqlError, FunctionEvaluationError, MathError
 
 BOOLEAN, INTEGER, STRING = CesqlType.BOOLEAN, CesqlType.INTEGER, CesqlType.STRING
 Outcome = tuple[Value, CesqlError | None]

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from localdev.broker.cesql import attributes
-from localdev.broker.cesql.casting import INT_MAX, INT_MIN, CesqlType, Value, cast, to_string, type_of
-from localdev.broker.cesql.errors import CesqlError, MathError, MissingAttributeError, MissingFunctionError
-from localdev.broker.cesql.like import like
-from localdev.broker.cesql.nodes import (
+from shared.cesql import attributes
+from shared.cesql.casting import INT_MAX, INT_MIN, CesqlType, Value, cast, to_string, type_of
+from shared.cesql.errors import CesqlError, MathError, MissingAttributeError, MissingFunctionError
+from shared.cesql.like import like
+from shared.cesql.nodes import (
     ARITHMETIC,
     EQUALITY,
     Attribute,

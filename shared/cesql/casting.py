@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 
-from localdev.broker.cesql.errors import CastError
+from shared.cesql.errors import CastError
 
 Value = bool | int | str
 

@@ -3,7 +3,7 @@
 Every engine must report seven kinds of error. Evaluation errors are *returned* next to a
 value (an expression is total: it always yields a value), so they are exception classes only
 so that a caller may raise them; :class:`CesqlParseError` is raised by
-:func:`~localdev.broker.cesql.compile_expression`. ``kind`` is the name the CESQL TCK uses for
+:func:`~shared.cesql.compile_expression`. ``kind`` is the name the CESQL TCK uses for
 the error (``parse``, ``math``, ``cast``, ``missingFunction``, ``functionEvaluation``,
 ``missingAttribute``, ``generic``).
 """

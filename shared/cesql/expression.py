@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from localdev.broker.cesql.casting import Value
-from localdev.broker.cesql.errors import CesqlError
-from localdev.broker.cesql.evaluate import evaluate
-from localdev.broker.cesql.nodes import Node
-from localdev.broker.cesql.parser import parse
+from shared.cesql.casting import Value
+from shared.cesql.errors import CesqlError
+from shared.cesql.evaluate import evaluate
+from shared.cesql.nodes import Node
+from shared.cesql.parser import parse
 
 
 class Expression:

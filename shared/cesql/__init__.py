@@ -15,8 +15,8 @@ Modules: ``lexer`` and ``parser`` (syntax, sections 2 and 3.6), ``nodes`` (synta
 
 from __future__ import annotations
 
-from localdev.broker.cesql.casting import CesqlType, Value
-from localdev.broker.cesql.errors import (
+from shared.cesql.casting import CesqlType, Value
+from shared.cesql.errors import (
     CastError,
     CesqlError,
     CesqlParseError,
@@ -26,7 +26,7 @@ from localdev.broker.cesql.errors import (
     MissingAttributeError,
     MissingFunctionError,
 )
-from localdev.broker.cesql.expression import Expression, compile_expression, matches
+from shared.cesql.expression import Expression, compile_expression, matches
 
 __all__ = [
     "CastError",

@@ -2,7 +2,7 @@
 
 Dialects (Knative ``spec.filters``, all entries must match): ``exact``, ``prefix``, ``suffix``
 (each a map attribute → value, all pairs must hold), ``all``, ``any``, ``not`` combining
-nested filters, and ``cesql`` (a CloudEvents SQL expression; ``localdev/broker/cesql``). The
+nested filters, and ``cesql`` (a CloudEvents SQL expression; ``shared/cesql``). The
 legacy ``spec.filter.attributes`` exact map is accepted as ``{"attributes": {...}}``; there an
 empty value matches any value, even a missing attribute (Knative's ``TriggerAnyFilter``).
 Otherwise a missing attribute never matches. Attribute names must match ``^[a-z][a-z0-9]*$``,
@@ -24,7 +24,7 @@ ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 @functools.lru_cache(maxsize=1024)
 def _cesql(expression: str) -> Any:
-    from localdev.broker.cesql import compile_expression  # the parser loads only when used
+    from shared.cesql import compile_expression  # the parser loads only when used
 
     return compile_expression(expression)
 
@@ -104,7 +104,7 @@ def matches(filters: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any])
         elif dialect == "any":
             ok = any(matches([sub], attributes) for sub in arg)
         elif dialect == "cesql":
-            from localdev.broker.cesql import matches as cesql_matches
+            from shared.cesql import matches as cesql_matches
 
             ok = cesql_matches(_cesql(arg), attributes)
         else:

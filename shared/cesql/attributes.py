@@ -15,7 +15,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from localdev.broker.cesql.casting import Value, in_int32
+from shared.cesql.casting import Value, in_int32
 
 REQUIRED = frozenset({"specversion", "id", "source", "type"})
 NOT_ATTRIBUTES = frozenset({"data", "data_base64"})

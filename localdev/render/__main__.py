@@ -1,0 +1,7 @@
+"""``python -m localdev.render`` = ``faaspipe render``."""
+
+import sys
+
+from localdev.render.output import main
+
+sys.exit(main())

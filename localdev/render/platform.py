@@ -1,0 +1,196 @@
+"""The platform's manifests: Namespace, ServiceAccount and ``faaspipe-platform`` ConfigMap, the
+Kafka Broker with its ConfigMap and DLQ KafkaSink, MLflow, Feast's ``feature_store.yaml``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from localdev.config import StackConfig
+from localdev.render.eventing import knative_delivery
+from localdev.render.meta import object_labels, object_meta
+from localdev.render.settings import (
+    BASE_RESOURCES,
+    BROKER,
+    DLQ_SINK,
+    MLFLOW_SECRET,
+    PLATFORM,
+    SERVICE_ACCOUNT,
+    ClusterSettings,
+    broker_topic,
+)
+from shared.topology import Delivery
+
+
+def namespace_doc() -> dict[str, Any]:
+    meta = object_meta("faaspipe", "namespace")
+    meta["labels"]["bindings.knative.dev/include"] = "true"  # SinkBinding in inclusion mode
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def service_account_doc() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": object_meta(SERVICE_ACCOUNT, "platform"),
+        "automountServiceAccountToken": False,  # nothing here talks to the Kubernetes API
+    }
+
+
+def platform_env(settings: ClusterSettings, namespace: str = "faaspipe") -> dict[str, str]:
+    """The non-secret part of ``StackConfig.function_env()`` with cluster addresses."""
+    return {
+        "FAASPIPE_STATE_DIR": "/tmp/faaspipe",
+        "FAASPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "FAASPIPE_S3_ENDPOINT": settings.s3_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": settings.s3_endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint,
+        "MLFLOW_TRACKING_URI": "http://mlflow",
+        "FAASPIPE_BROKER_TOPIC": broker_topic(namespace),
+        "FAASPIPE_IDEMPOTENCY_URL": f"redis://{settings.redis_host}/0",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def platform_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
+    return [
+        service_account_doc(),
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": object_meta(PLATFORM, "platform"),
+            "data": platform_env(settings),
+        },
+    ]
+
+
+def broker_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
+    defaults = Delivery()
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": object_meta("kafka-broker-config", "broker"),
+            "data": {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "default.topic.partitions": str(settings.partitions),
+                "default.topic.replication.factor": str(settings.replication),
+            },
+        },
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "metadata": object_meta(BROKER, "broker", {"eventing.knative.dev/broker.class": "Kafka"}),
+            "spec": {
+                "config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka-broker-config"},
+                "delivery": knative_delivery(defaults),
+            },
+        },
+        {
+            "apiVersion": "eventing.knative.dev/v1alpha1",
+            "kind": "KafkaSink",
+            "metadata": object_meta(DLQ_SINK, "broker"),
+            "spec": {
+                "topic": StackConfig.dlq_topic,
+                "bootstrapServers": [settings.kafka_bootstrap],
+                "numPartitions": settings.partitions,
+                "replicationFactor": settings.replication,
+                "contentMode": "binary",
+            },
+        },
+    ]
+
+
+def mlflow_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
+    labels = object_labels("mlflow", "mlflow")
+    selector = {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/part-of": "faaspipe"}
+    container = {
+        "name": "mlflow",
+        # The platform image (pyproject group "platform": mlflow + psycopg2 + boto3); the
+        # upstream ghcr.io/mlflow/mlflow image has neither the Postgres driver nor boto3.
+        "image": settings.image("platform"),
+        "command": ["mlflow"],
+        "args": [
+            "server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "5000",
+            "--backend-store-uri",
+            "$(MLFLOW_BACKEND_STORE_URI)",
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--allowed-hosts",
+            "mlflow,mlflow.*,localhost:*,127.0.0.1:*",
+            "--workers",
+            "2",
+        ],
+        "env": [
+            {
+                "name": "MLFLOW_BACKEND_STORE_URI",
+                "valueFrom": {"secretKeyRef": {"name": MLFLOW_SECRET, "key": "backend-store-uri"}},
+            },
+            {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"},
+        ],
+        "envFrom": [{"configMapRef": {"name": PLATFORM}}, {"secretRef": {"name": PLATFORM}}],
+        "ports": [{"name": "http", "containerPort": 5000}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 20,
+        },
+        "resources": BASE_RESOURCES["mlflow"],
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/mlflow"}],
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": object_meta("mlflow", "mlflow"),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": SERVICE_ACCOUNT,
+                        "containers": [container],
+                        "volumes": [{"name": "data", "emptyDir": {}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": object_meta("mlflow", "mlflow"),
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            },
+        },
+    ]
+
+
+def feast_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
+    feature_store = {
+        "project": "faaspipe",
+        "provider": "local",
+        "registry": {"registry_type": "file", "path": "s3://features/registry.db"},
+        "online_store": {"type": "redis", "connection_string": settings.redis_host},
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": object_meta("feast-feature-store", "feast"),
+            "data": {"feature_store.yaml": yaml.safe_dump(feature_store, sort_keys=True)},
+        }
+    ]
