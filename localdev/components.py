@@ -9,6 +9,7 @@ from pathlib import Path
 
 from localdev.config import StackConfig
 from localdev.processes import Child
+from shared.function_runtime import function_args, function_env
 from shared.topology import REPO_ROOT, Function
 
 VENVS_DIR = Path(os.environ.get("FAASPIPE_VENVS_DIR", REPO_ROOT / ".venvs"))
@@ -176,24 +177,14 @@ def dispatcher(config: StackConfig) -> Child:
 
 
 def function_replica(config: StackConfig, fn: Function, index: int, port: int) -> Child:
+    # --concurrency: on Knative the queue-proxy enforces containerConcurrency (function_runtime.py)
     argv = [
         str(python_for(fn.environment)),
         "-m",
         "shared.runtime",
-        "--name",
-        fn.name,
-        "--module",
-        fn.module,
-        "--kind",
-        fn.kind,
-        "--port",
-        str(port),
-        "--concurrency",  # on Knative the queue-proxy enforces containerConcurrency
-        str(fn.concurrency),
+        *function_args(fn, port=port, concurrency=True),
     ]
-    env = {**config.function_env(), **fn.env, "FAASPIPE_FUNCTION": fn.name}
-    if not fn.idempotent:
-        env["FAASPIPE_IDEMPOTENCY_URL"] = ""
+    env = {**config.function_env(), **function_env(fn)}
     # A gRPC replica binds its port once set up (shared/grpc_server.py): an open port is ready.
     health_url = None if fn.kind == "grpc" else f"http://127.0.0.1:{port}/health/readiness"
     return _child(

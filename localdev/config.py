@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from shared.function_runtime import Services, platform_env, secret_env
 from shared.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT
 
 # Offsets from the port base. SeaweedFS opens many ports; all are pinned here.
@@ -106,30 +107,29 @@ class StackConfig:
     def effective_mlflow_backend(self) -> str:
         return self.mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
+    @property
+    def services(self) -> Services:
+        """Where a function replica finds the platform on this machine."""
+        return Services(
+            kafka_bootstrap=self.kafka_bootstrap,
+            s3_endpoint=self.s3_endpoint,
+            mlflow_tracking_uri=self.url("mlflow"),
+            broker_topic=self.broker_topic,
+            idempotency_url=self.effective_idempotency_url,
+            function_url_template=self.url("gateway") + "/{name}/",
+            state_dir=str(self.state_dir),
+            feast_redis=self.feast_redis,
+        )
+
     def function_env(self) -> dict[str, str]:
-        """What every function process gets: where the platform's services are."""
+        """What every function process gets: where the platform's services are
+        (``shared/function_runtime.py``, as on the cluster), the credentials, and what the
+        cluster gives otherwise: ``K_SINK`` (a SinkBinding there) and ``PYTHONPATH`` (the image)."""
         return {
-            "FAASPIPE_STATE_DIR": str(self.state_dir),
-            "FAASPIPE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-            "FAASPIPE_S3_ENDPOINT": self.s3_endpoint,
-            "FAASPIPE_S3_ACCESS_KEY": self.access_key,
-            "FAASPIPE_S3_SECRET_KEY": self.secret_key,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": self.s3_endpoint,
-            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
-            "MLFLOW_TRACKING_URI": self.url("mlflow"),
+            **platform_env(self.services),
+            **secret_env(self.access_key, self.secret_key),
             "K_SINK": self.ingress_url,
-            "FAASPIPE_BROKER_TOPIC": self.broker_topic,
-            "FAASPIPE_GATEWAY_URL": self.url("gateway"),
-            "FAASPIPE_IDEMPOTENCY_URL": self.effective_idempotency_url,
-            **({"FAASPIPE_FEAST_REDIS": self.feast_redis} if self.feast_redis else {}),
             "PYTHONPATH": str(REPO_ROOT),
-            # 2-core boxes: OpenMP/BLAS oversubscription costs 10x on small predictions.
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
         }
 
     # --- persistence -------------------------------------------------------
@@ -250,7 +250,7 @@ PLATFORM_SET = (
     "FAASPIPE_S3_ACCESS_KEY",
     "FAASPIPE_S3_SECRET_KEY",
     "FAASPIPE_BROKER_TOPIC",
-    "FAASPIPE_GATEWAY_URL",
+    "FAASPIPE_FUNCTION_URL_TEMPLATE",
     "FAASPIPE_FUNCTION",
     "K_SINK",
     "MLFLOW_TRACKING_URI",

@@ -24,6 +24,18 @@ def sink_url() -> str:
         raise RuntimeError("K_SINK is not set: this process does not know where the broker is") from None
 
 
+def function_url(name: str) -> str:
+    """Base URL of another function (``FAASPIPE_FUNCTION_URL_TEMPLATE``, rendered per platform:
+    the gateway's path locally, the Knative Service's cluster address on a cluster)."""
+    try:
+        template = os.environ["FAASPIPE_FUNCTION_URL_TEMPLATE"]
+    except KeyError:
+        raise RuntimeError(
+            "FAASPIPE_FUNCTION_URL_TEMPLATE is not set: this process does not know where other functions are"
+        ) from None
+    return template.format(name=name)
+
+
 def s3_client() -> Minio:
     endpoint = urlparse(os.environ.get("FAASPIPE_S3_ENDPOINT", "http://127.0.0.1:8333"))
     return Minio(

@@ -50,6 +50,7 @@ from localdev.render import (
     render,
 )
 from shared.filters import matches
+from shared.function_runtime import SECRET_NAMES, function_env
 from shared.topology import REPO_ROOT, Topology, load_topology, parse_duration
 
 MANIFESTS = REPO_ROOT / "manifests"
@@ -653,25 +654,63 @@ def test_every_function_has_one_service_scaled_as_the_topology(
         else:
             assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
             assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
-        assert {e["name"]: e["value"] for e in container.get("env", [])} == fn.env
+        assert {e["name"]: e["value"] for e in container.get("env", [])} == function_env(fn)
         (binding,) = bindings[name]
         assert binding["spec"]["subject"]["name"] == name
         assert binding["spec"]["sink"]["ref"]["kind"] == "Broker"
 
 
-def test_platform_settings_cover_localdev_function_env(base_objects: list) -> None:
-    """Every variable localdev gives a function exists on the cluster (or is local-only)."""
-    local = StackConfig(state_dir=Path("/tmp/x")).function_env()
+def test_platform_configmap_and_secret_are_the_shared_platform_settings(base_objects: list) -> None:
     (cm,) = _by_kind(base_objects, "v1", "ConfigMap")["faaspipe-platform"]
-    assert set(cm["data"]) == set(platform_env(ClusterSettings()))
-    missing = set(local) - set(cm["data"]) - SECRET_ENV - LOCAL_ONLY_ENV
-    assert not missing, (
-        f"function_env() keys with no cluster value: {sorted(missing)} (add them in localdev/render/platform.py)"
-    )
+    assert cm["data"] == platform_env(ClusterSettings())
     dev = next(o for o in overlays() if o.name == "dev")
-    assert set(dev.secrets["faaspipe-platform"]) == SECRET_ENV
+    assert set(dev.secrets["faaspipe-platform"]) == SECRET_ENV == set(SECRET_NAMES)
     (sink,) = _by_kind(base_objects, "eventing.knative.dev/v1alpha1", "KafkaSink")[DLQ_SINK]
     assert sink["spec"]["topic"] == StackConfig(state_dir=Path("/tmp/x")).dlq_topic
+
+
+def _without(args: list[str], *options: str) -> list[str]:
+    """``args`` without the named options and their values."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def test_every_function_runs_on_the_cluster_as_localdev_starts_it(
+    topology: Topology, base_objects: list
+) -> None:
+    """Parity (shared/function_runtime.py): the replica localdev starts and the container of the
+    function's Knative Service get the same settings by name, with the function's own values
+    equal, and the same arguments but for the documented differences (the listening address;
+    --concurrency locally, enforced by Knative's queue-proxy; a gRPC function's metrics port on
+    the cluster). K_SINK comes from the function's SinkBinding there; PYTHONPATH is the image's.
+    Locally Feast's online store is SQLite unless FAASPIPE_FEAST_REDIS names a Redis, as here."""
+    from localdev.components import function_replica
+
+    config = StackConfig(state_dir=Path("/tmp/x"), feast_redis="127.0.0.1:6379,db=1")
+    (cm,) = _by_kind(base_objects, "v1", "ConfigMap")["faaspipe-platform"]
+    secret = next(o for o in overlays() if o.name == "dev").secrets["faaspipe-platform"]
+    services = _by_kind(base_objects, "serving.knative.dev/v1", "Service")
+    bindings = _by_kind(base_objects, "sources.knative.dev/v1", "SinkBinding")
+    for name, fn in topology.functions.items():
+        local = function_replica(config, fn, 0, 18123)
+        (svc,) = services[name]
+        (container,) = svc["spec"]["template"]["spec"]["containers"]
+        own = {e["name"]: e["value"] for e in container["env"]}
+        cluster = {**cm["data"], **secret, **own, **({"K_SINK": "(SinkBinding)"} if name in bindings else {})}
+        assert set(local.env) - LOCAL_ONLY_ENV == set(cluster) - LOCAL_ONLY_ENV, name
+        assert set(local.env) >= LOCAL_ONLY_ENV and "K_SINK" in cluster, name
+        assert all(local.env[k] == v for k, v in own.items()), name
+        assert local.argv[1:3] == ["-m", "shared.runtime"] == container["command"][1:], name
+        assert _without(local.argv[3:], "--port", "--concurrency") == _without(
+            container["args"], "--port", "--host", "--metrics-port"
+        ), name
 
 
 # --- CLI -------------------------------------------------------------------------------------

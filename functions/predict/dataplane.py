@@ -59,7 +59,7 @@ class Serving:
 
     models: ModelRepository
     default_model: str  # what a request naming no model gets (FAASPIPE_DATASET's model)
-    gateway_url: str
+    feature_server_url: str  # the feature-server function's base URL
     logger: PredictionLogger
     scorer: CachedScorer = field(default_factory=lambda: CachedScorer(None))
     features: dict[str, FeatureServer] = field(default_factory=dict)
@@ -72,7 +72,7 @@ class Serving:
 
     def feature_server(self, dataset: str) -> FeatureServer:
         if dataset not in self.features:
-            self.features[dataset] = FeatureServer(self.gateway_url, dataset)
+            self.features[dataset] = FeatureServer(self.feature_server_url, dataset)
         return self.features[dataset]
 
 
@@ -120,8 +120,7 @@ def init() -> None:
         log.warning("no champion at start-up: %s", exc)
     poll_s = float(os.environ.get("FAASPIPE_CHAMPION_POLL_SECONDS", "10"))
     threading.Thread(target=_poll, args=(models, poll_s), name="champion-poll", daemon=True).start()
-    gateway = os.environ.get("FAASPIPE_GATEWAY_URL", "http://127.0.0.1:17000")
-    _serving = Serving(models, default.model_name, gateway, logger, scorer)
+    _serving = Serving(models, default.model_name, settings.function_url("feature-server"), logger, scorer)
 
 
 def _poll(models: ModelRepository, interval_s: float) -> None:

@@ -19,8 +19,8 @@ CONNECT_TIMEOUT_S = 3.0
 class FeatureServer:
     """``POST <gateway>/feature-server/online {"dataset", "entities"}`` → ``{"rows": [row | null]}``."""
 
-    def __init__(self, gateway_url: str, dataset: str, http: urllib3.PoolManager | None = None) -> None:
-        self.url = f"{gateway_url.rstrip('/')}/feature-server/online"
+    def __init__(self, base_url: str, dataset: str, http: urllib3.PoolManager | None = None) -> None:
+        self.url = f"{base_url.rstrip('/')}/online"
         self.dataset = dataset
         self.http = http or urllib3.PoolManager(
             maxsize=16,

@@ -12,8 +12,7 @@ Every ``functions/*/function.yaml`` becomes, under ``manifests/base/``:
 
 Plus the platform: the Kafka ``Broker`` with its ConfigMap and DLQ ``KafkaSink``, the
 ``faaspipe-platform`` ConfigMap (where the functions find Kafka, S3, MLflow, Redis), MLflow
-(Deployment + Service), a Feast ``feature_store.yaml`` ConfigMap, a ServiceAccount and the
-Namespace. ``manifests/overlays/{dev,prod}`` are kustomize overlays whose patches are generated
+(Deployment + Service), a ServiceAccount and the Namespace. ``manifests/overlays/{dev,prod}`` are kustomize overlays whose patches are generated
 here too. ``manifests/README.md`` is generated as well (deployment notes + function table).
 
 Output is deterministic (sorted keys, stable order), so ``--check`` and the drift test can

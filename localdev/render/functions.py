@@ -18,6 +18,7 @@ from localdev.render.settings import (
     ClusterSettings,
     resources_for,
 )
+from shared.function_runtime import function_args, function_env
 from shared.topology import Function, TopologyError, Trigger
 
 
@@ -51,18 +52,9 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
         "name": "function",
         "image": settings.image(fn.environment),
         "command": ["python", "-m", "shared.runtime"],
-        "args": [
-            "--name",
-            fn.name,
-            "--module",
-            fn.module,
-            "--kind",
-            fn.kind,
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(PORT),
-        ],
+        "args": function_args(
+            fn, host="0.0.0.0", port=PORT, metrics_port=GRPC_METRICS_PORT if fn.kind == "grpc" else None
+        ),
         "ports": [{"name": "http1", "containerPort": PORT}],
         "envFrom": [{"configMapRef": {"name": PLATFORM}}, {"secretRef": {"name": PLATFORM}}],
         "readinessProbe": {"httpGet": {"path": "/health/readiness"}},
@@ -76,8 +68,7 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
     }
     if fn.kind == "grpc":
         _serve_grpc(container)
-    if fn.env:
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(fn.env.items())]
+    container["env"] = [{"name": k, "value": v} for k, v in sorted(function_env(fn).items())]
     meta = object_meta(
         fn.name, "function", {"faaspipe.dev/description": fn.description} if fn.description else None
     )
@@ -108,7 +99,6 @@ def _serve_grpc(container: dict[str, Any]) -> None:
     """A gRPC function: its one port named h2c (Knative then speaks HTTP/2 cleartext to it),
     TCP probes (the port opens once the replica is set up, shared/grpc_server.py), and
     Prometheus metrics on a second, unrouted port."""
-    container["args"] += ["--metrics-port", str(GRPC_METRICS_PORT)]
     container["ports"] = [{"name": "h2c", "containerPort": PORT}]
     container["readinessProbe"] = {"tcpSocket": {"port": PORT}}
     container["livenessProbe"] = {**container["livenessProbe"], "tcpSocket": {"port": PORT}}

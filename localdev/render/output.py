@@ -11,7 +11,7 @@ from pathlib import Path
 from localdev.render.dump import HEADER, dump_docs
 from localdev.render.functions import function_docs
 from localdev.render.overlays import overlay_files
-from localdev.render.platform import broker_docs, feast_docs, mlflow_docs, namespace_doc, platform_docs
+from localdev.render.platform import broker_docs, mlflow_docs, namespace_doc, platform_docs
 from localdev.render.readme import readme
 from localdev.render.settings import ClusterSettings, overlays
 from shared.topology import REPO_ROOT, Topology, TopologyError, load_topology
@@ -28,7 +28,6 @@ def render_files(topology: Topology, settings: ClusterSettings | None = None) ->
         "base/platform.yaml": dump_docs(platform_docs(settings)),
         "base/broker.yaml": dump_docs(broker_docs(settings)),
         "base/mlflow.yaml": dump_docs(mlflow_docs(settings)),
-        "base/feast.yaml": dump_docs(feast_docs(settings)),
     }
     for fn in functions:
         files[f"base/functions/{fn.name}.yaml"] = dump_docs(function_docs(fn, settings))

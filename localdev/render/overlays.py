@@ -6,7 +6,9 @@ from typing import Any
 
 from localdev.render.dump import dump_docs
 from localdev.render.meta import object_meta
+from localdev.render.platform import function_url_template
 from localdev.render.settings import DLQ_SINK, PLATFORM, ClusterSettings, Overlay, broker_topic, resources_for
+from shared.function_runtime import FUNCTION_URL_ENV
 from shared.topology import Topology
 
 
@@ -50,7 +52,10 @@ def overlay_patches(topology: Topology, overlay: Overlay) -> list[tuple[dict[str
         (
             target("", "v1", "ConfigMap", PLATFORM),
             f"configmap-{PLATFORM}",
-            [_op("replace", "/data/FAASPIPE_BROKER_TOPIC", broker_topic(overlay.namespace))],
+            [
+                _op("replace", "/data/FAASPIPE_BROKER_TOPIC", broker_topic(overlay.namespace)),
+                _op("replace", f"/data/{FUNCTION_URL_ENV}", function_url_template(overlay.namespace)),
+            ],
         )
     )
     patches.append(

@@ -1,11 +1,9 @@
 """The platform's manifests: Namespace, ServiceAccount and ``faaspipe-platform`` ConfigMap, the
-Kafka Broker with its ConfigMap and DLQ KafkaSink, MLflow, Feast's ``feature_store.yaml``."""
+Kafka Broker with its ConfigMap and DLQ KafkaSink, MLflow."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import yaml
 
 from localdev.config import StackConfig
 from localdev.render.eventing import knative_delivery
@@ -20,6 +18,8 @@ from localdev.render.settings import (
     ClusterSettings,
     broker_topic,
 )
+from shared.function_runtime import Services
+from shared.function_runtime import platform_env as runtime_platform_env
 from shared.topology import Delivery
 
 
@@ -38,22 +38,29 @@ def service_account_doc() -> dict[str, Any]:
     }
 
 
+def cluster_services(settings: ClusterSettings, namespace: str = "faaspipe") -> Services:
+    """Where a function finds the platform on the cluster (what ``StackConfig.services`` is locally)."""
+    return Services(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        s3_endpoint=settings.s3_endpoint,
+        mlflow_tracking_uri="http://mlflow",
+        broker_topic=broker_topic(namespace),
+        idempotency_url=f"redis://{settings.redis_host}/0",
+        function_url_template=function_url_template(namespace),
+        state_dir="/tmp/faaspipe",
+        feast_redis=f"{settings.redis_host},db=1",
+    )
+
+
+def function_url_template(namespace: str) -> str:
+    """A function's in-cluster URL: its Knative Service's cluster-local address."""
+    return f"http://{{name}}.{namespace}.svc.cluster.local/"
+
+
 def platform_env(settings: ClusterSettings, namespace: str = "faaspipe") -> dict[str, str]:
-    """The non-secret part of ``StackConfig.function_env()`` with cluster addresses."""
-    return {
-        "FAASPIPE_STATE_DIR": "/tmp/faaspipe",
-        "FAASPIPE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "FAASPIPE_S3_ENDPOINT": settings.s3_endpoint,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": settings.s3_endpoint,
-        "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint,
-        "MLFLOW_TRACKING_URI": "http://mlflow",
-        "FAASPIPE_BROKER_TOPIC": broker_topic(namespace),
-        "FAASPIPE_IDEMPOTENCY_URL": f"redis://{settings.redis_host}/0",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
+    """The ``faaspipe-platform`` ConfigMap: ``shared/function_runtime.py``'s platform settings
+    with cluster addresses (the Secret holds the rest)."""
+    return runtime_platform_env(cluster_services(settings, namespace))
 
 
 def platform_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
@@ -174,23 +181,4 @@ def mlflow_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
             },
         },
-    ]
-
-
-def feast_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
-    feature_store = {
-        "project": "faaspipe",
-        "provider": "local",
-        "registry": {"registry_type": "file", "path": "s3://features/registry.db"},
-        "online_store": {"type": "redis", "connection_string": settings.redis_host},
-        "offline_store": {"type": "file"},
-        "entity_key_serialization_version": 3,
-    }
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": object_meta("feast-feature-store", "feast"),
-            "data": {"feature_store.yaml": yaml.safe_dump(feature_store, sort_keys=True)},
-        }
     ]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from localdev.config import StackConfig
+from shared.function_runtime import SECRET_NAMES
 from shared.topology import REPO_ROOT
 
 PORT = 8080
@@ -19,12 +20,10 @@ MLFLOW_SECRET = "mlflow-backend"
 SERVICE_ACCOUNT = "faaspipe"
 
 # Env of localdev's function processes that has no cluster counterpart in faaspipe-platform:
-# K_SINK comes from the SinkBinding, the gateway does not exist (each function has its own
-# URL), PYTHONPATH is the image's business.
-LOCAL_ONLY_ENV = frozenset({"K_SINK", "FAASPIPE_GATEWAY_URL", "PYTHONPATH"})
-SECRET_ENV = frozenset(
-    {"FAASPIPE_S3_ACCESS_KEY", "FAASPIPE_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-)
+# Given to a local replica, from elsewhere on the cluster: K_SINK from the SinkBinding,
+# PYTHONPATH from the image.
+LOCAL_ONLY_ENV = frozenset({"K_SINK", "PYTHONPATH"})
+SECRET_ENV = frozenset(SECRET_NAMES)
 
 Resources = dict[str, dict[str, str]]
 
