@@ -70,11 +70,15 @@ def run(config: StackConfig, timeout_s: float = 1800.0, force: bool = False) -> 
 
 
 def run_chain(
-    config: StackConfig, timeout_s: float = 1800.0, landing_key: str = LANDING_KEY
+    config: StackConfig,
+    timeout_s: float = 1800.0,
+    landing_key: str = LANDING_KEY,
+    source: tuple[Path, str] | None = None,
 ) -> dict[str, object] | None:
-    """Drop the AI4I file at ``landing_key`` (another contract's prefix trains that contract's
-    model on it) and follow the chain until a champion serves; what it served, or None."""
-    path, what = dataset_file()
+    """Drop the AI4I file (or ``source``: a path and what it is) at ``landing_key`` (another
+    contract's prefix trains that contract's model) and follow the chain until a champion
+    serves; what it served, or None."""
+    path, what = source or dataset_file()
     log = EventLog(config)  # start reading before the upload: nothing is missed
     s3 = Minio(
         f"127.0.0.1:{config.ports['s3']}",
