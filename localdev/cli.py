@@ -216,7 +216,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(letters, indent=2))
         for d in [] if args.json else letters:
-            flag = " (replayed)" if d["replayed"] else ""
+            flag = (
+                f" (replayed by {d['replayed_by'] or '?'} at {d['replayed_at'] or '?'})"
+                if d["replayed"]
+                else ""
+            )
             print(f"{d['ref']:>8}  {d['type']}  id={d['id']}  trigger={d['trigger']}  code={d['code']}{flag}")
             print(f"          {str(d['error'])[:200]}")
         if not letters and not args.json:

@@ -10,9 +10,7 @@ same path and leave the same audit record, naming who decided.
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -21,6 +19,7 @@ import urllib3
 from minio import Minio
 
 from events import RolloutDecided, rfc3339
+from localdev.actor import cli_actor
 from localdev.config import StackConfig
 from shared import layout, settings
 from shared.cloudevents_io import to_http
@@ -91,7 +90,7 @@ def decide(config: StackConfig, model: str, decision: Literal["promote", "rollba
     if rollout is None:
         print(f"{model}: no rollout running; nothing to {decision}", file=sys.stderr)
         return 1
-    who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    who = cli_actor()
     event = RolloutDecided(
         model_name=model,
         rollout_id=rollout.id,

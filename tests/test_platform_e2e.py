@@ -213,7 +213,9 @@ def test_failing_handler_is_dead_lettered_and_replayable(stack: Stack) -> None:
     # only the failing trigger got the replay: the other subscribers saw the ping once at most
     assert len(by_id(stack.records(), event.get_id())) <= 1
     listed = json.loads(stack.cli("dlq", "list", "--json", "--all").stdout)
-    assert next(d for d in listed if d["id"] == event.get_id())["replayed"] is True
+    replayed = next(d for d in listed if d["id"] == event.get_id())
+    assert replayed["replayed"] is True
+    assert replayed["replayed_by"].startswith("cli:") and replayed["replayed_at"]  # who replayed it, when
 
 
 def test_duplicate_delivery_is_processed_once(stack: Stack) -> None:

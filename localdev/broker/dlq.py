@@ -3,7 +3,8 @@
 A replay appends the original event (``knativeerror*`` removed) to the broker topic (for a
 Kafka source: the topic it reads) with a ``faaspipetarget`` extension naming the trigger, so
 that only that trigger's dispatcher delivers it again, with its full retry policy; a marker
-on the ``…dlq.replayed`` topic records that the dead letter was replayed. The event's data
+on the ``…dlq.replayed`` topic records that the dead letter was replayed, by whom and when
+(``localdev/actor.py``), and ``dlq list`` shows it. The event's data
 is replayed as the bytes it was dead-lettered with.
 """
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from events import rfc3339
+from localdev.actor import cli_actor
 from localdev.broker import wire
 from localdev.broker.protocol import REPLAY_TARGET
 from localdev.config import StackConfig
@@ -30,6 +33,8 @@ class DeadLetter:
     offset: int
     event: wire.WireEvent
     replayed: bool
+    replayed_by: str | None = None
+    replayed_at: str | None = None
 
     @property
     def ref(self) -> str:
@@ -51,6 +56,8 @@ class DeadLetter:
             "destination": self.event.get("knativeerrordest"),
             "error": error,
             "replayed": self.replayed,
+            "replayed_by": self.replayed_by,
+            "replayed_at": self.replayed_at,
         }
 
 
@@ -77,13 +84,36 @@ def _read_all(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
 
 
 def list_dead_letters(config: StackConfig) -> list[DeadLetter]:
-    replayed = {r.key.decode() for r in _read_all(config.kafka_bootstrap, config.dlq_replayed_topic) if r.key}
+    replayed = {
+        r.key.decode(): _marker(r.value)
+        for r in _read_all(config.kafka_bootstrap, config.dlq_replayed_topic)
+        if r.key
+    }
     letters = []
     for record in _read_all(config.kafka_bootstrap, config.dlq_topic):
         event = wire.from_kafka(record.key, record.headers, record.value)
         ref = f"{record.partition}:{record.offset}"
-        letters.append(DeadLetter(record.partition, record.offset, event, ref in replayed))
+        marker = replayed.get(ref)
+        letters.append(
+            DeadLetter(
+                record.partition,
+                record.offset,
+                event,
+                marker is not None,
+                (marker or {}).get("by"),
+                (marker or {}).get("at"),
+            )
+        )
     return letters
+
+
+def _marker(value: bytes | None) -> dict[str, str]:
+    """A replay marker's fields (markers written before ``by``/``at`` existed have neither)."""
+    try:
+        doc = json.loads(value or b"{}")
+    except ValueError:
+        return {}
+    return {k: str(v) for k, v in doc.items() if k in ("by", "at") and v} if isinstance(doc, dict) else {}
 
 
 def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | None = None) -> list[DeadLetter]:
@@ -98,6 +128,7 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
     source_topics = {
         t.name: t.topic for t in load_topology(config.function_dirs).subscriptions if t.topic is not None
     }
+    actor = cli_actor()
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
     try:
         for letter in chosen:
@@ -106,7 +137,9 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
             key, headers, value = wire.to_kafka(event)
             topic = source_topics.get(str(target), config.broker_topic)
             producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
-            marker = json.dumps({"id": letter.event.id, "trigger": target}).encode()
+            marker = json.dumps(
+                {"id": letter.event.id, "trigger": target, "by": actor, "at": rfc3339()}
+            ).encode()
             producer.send(config.dlq_replayed_topic, key=letter.ref.encode(), value=marker).get(timeout=30)
     finally:
         producer.close()
