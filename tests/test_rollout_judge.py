@@ -244,7 +244,7 @@ class _Registry:
         return self.tag
 
 
-def _logged(i: int, variant: str, error: bool = False) -> CloudEvent:
+def _logged(i: int, variant: str, error: bool = False, rollout_id: str = "r-1") -> CloudEvent:
     return PredictionLogged(
         request_id=f"q{i}",
         model_name="m",
@@ -253,8 +253,8 @@ def _logged(i: int, variant: str, error: bool = False) -> CloudEvent:
         inputs={"torque_nm": 40.0 + i % 7},
         output={"probability": 0.2 + (i % 10) / 100, "label": 0},
         latency_ms=5.0 + i % 3,
-        rollout={"id": "r-1", "variant": variant, "candidate_version": "2", "candidate_error": error},
-    ).to_event(source="/test", id=f"{variant}-{i}")
+        rollout={"id": rollout_id, "variant": variant, "candidate_version": "2", "candidate_error": error},
+    ).to_event(source="/test", id=f"{rollout_id}-{variant}-{i}")
 
 
 def test_monitor_keeps_shadow_rows_apart_and_decides_once(
@@ -278,10 +278,8 @@ def test_monitor_keeps_shadow_rows_apart_and_decides_once(
     monitor.check_rollouts(START + timedelta(seconds=30))  # window not over
     registry.fail = True
     monitor.check_rollouts(DUE)  # registry down: next round
-    registry.fail, registry.tag = False, shadow.with_policy(min_requests=1).to_json().replace("r-1", "r-0")
-    monitor.check_rollouts(DUE)  # another rollout runs now: this one ended by other means
     assert sent == [] and monitor.store.undecided_rollouts() == [("r-1", "m")]
-    registry.tag = shadow.to_json()
+    registry.fail = False
     monitor.check_rollouts(DUE)
     monitor.check_rollouts(DUE + timedelta(seconds=5))  # decided: not again
     assert len(sent) == 1
@@ -294,4 +292,10 @@ def test_monitor_keeps_shadow_rows_apart_and_decides_once(
     assert decided.evidence["candidate"]["requests"] == 121 and decided.evidence["candidate"]["errors"] == 1
     assert decided.decided_by.startswith("monitor@")
     assert monitor.store.rollout_decision("r-1") == ("promote", decided.decided_at)
+    # rows of a rollout the tag no longer names (rolled back by hand, or replaced): never judged,
+    # and not looked at again
+    monitor.on_prediction(_logged(1, "shadow", rollout_id="r-0"))
+    monitor.check_rollouts(DUE)
+    assert len(sent) == 1 and monitor.store.rollout_decision("r-0")[0] == "ended"
+    assert monitor.store.undecided_rollouts() == []
     monitor.store.close()

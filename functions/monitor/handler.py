@@ -60,7 +60,7 @@ from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 from shared.emit import emit
 from shared.errors import EventRejected
-from shared.registry_alias import RegistryClient, RegistryError
+from shared.registry_alias import RegistryClient
 from shared.rollout import ROLLOUT_TAG, Rollout
 
 log = logging.getLogger("faaspipe.monitor")
@@ -262,17 +262,16 @@ class Monitor:
                 if model_name not in current:
                     current[model_name] = self._running_rollout(model_name)
                 rollout = current[model_name]
-                if rollout is not None and rollout.id == rollout_id:  # else it ended by other means
+                if rollout is not None and rollout.id == rollout_id:
                     self._judge(rollout, now or datetime.now(UTC))
+                else:  # it ended by other means (a person, a newer challenger): stop looking
+                    self.store.record_rollout_decision(rollout_id, "ended", rfc3339(now or datetime.now(UTC)))
             except Exception:  # noqa: BLE001 - registry or broker trouble: the next round retries
                 log.exception("rollout %s of %s not judged; next round", rollout_id, model_name)
 
     def _running_rollout(self, model_name: str) -> Rollout | None:
-        try:
-            text = self._registry().model_tag(model_name, ROLLOUT_TAG)
-        except RegistryError as exc:
-            log.warning("rollout tag of %s unreadable (%s); next round", model_name, exc)
-            return None
+        """The model's rollout tag (RegistryError when unreadable: judged next round)."""
+        text = self._registry().model_tag(model_name, ROLLOUT_TAG)
         return None if text is None else Rollout.from_json(text)
 
     def _judge(self, rollout: Rollout, now: datetime) -> None:
