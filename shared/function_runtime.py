@@ -16,7 +16,9 @@ The environment comes in three parts:
 
 Deliberate differences, in the arguments only: on Knative the queue-proxy enforces the
 container concurrency, so ``--concurrency`` is given locally only; the listening address and
-port are the caller's.
+port are the caller's. A gap, not a choice: a gRPC function gets ``--metrics-port`` on the
+cluster only, as the supervisor allocates one port per local replica, so its metrics are not
+scraped locally.
 """
 
 from __future__ import annotations
