@@ -2,7 +2,7 @@
 (unit, with an in-memory registry), and a canary on the real stack (integration).
 
 The integration tests use the test contracts ``ai4i-canary`` (tests/contracts/ai4i_canary.yaml:
-canary, share 0.3, window 15 s, at least 40 requests) and ``ai4i-shadow`` (shadow, same window),
+canary, share 0.3, window 30 s, at least 40 requests) and ``ai4i-shadow`` (shadow, same window),
 whose models no other test touches.
 Fixture versions are trained in the train venv; the challenger is the better of two, so the
 offline gates pass; ``model.registered`` goes through the broker to promote. The monitor then
@@ -35,7 +35,7 @@ integration = pytest.mark.integration
 def test_a_contract_without_a_rollout_block_promotes_at_once() -> None:
     assert RolloutPolicy.parse(None, "c").mode == "off"
     policy = load_contract(TEST_CONTRACTS / "ai4i_canary.yaml").rollout
-    assert (policy.mode, policy.share, policy.window_s, policy.min_requests) == ("canary", 0.3, 15.0, 40)
+    assert (policy.mode, policy.share, policy.window_s, policy.min_requests) == ("canary", 0.3, 30.0, 40)
 
 
 @pytest.mark.parametrize(
