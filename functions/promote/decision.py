@@ -8,9 +8,10 @@ MLflow has no atomic compare-and-set on aliases, so the decision is optimistic:
    (bounded number of rounds); unchanged → set the alias (if the gates passed).
 
 This never overwrites a decision that was visible before step 3's read; what remains is the
-milliseconds between that read and the write. Within the platform promote runs as a single
-replica and serialises its decisions, so only an outside writer (a person in the MLflow UI)
-could land in that gap, and the read after the write reports it.
+milliseconds between that read and the write. Within the platform, every replica's decisions
+about one model are serialised by a fenced lease (``handler.decision_lease``; the lease is
+renewed with a conditional write right before ``set_champion``), so only an outside writer (a
+person in the MLflow UI) could land in that gap, and the read after the write reports it.
 """
 
 from __future__ import annotations

@@ -17,6 +17,14 @@ with the version: the full record at ``layout.audit_record(name, version)`` (mod
 short JSON in the version tag ``faaspipe.decision``. The record is written as *pending* before
 the alias moves and *final* after; a redelivered event finds the final record and answers the
 same reply again without deciding twice.
+
+Replicas: decisions about one model are serialised across replicas by a fenced lease in the
+models bucket (``shared.concurrency.Lease``, conditional writes), because MLflow has no
+compare-and-set on aliases: :func:`decision.decide`'s read-evaluate-reread-set is only
+optimistic. Every registry and audit write goes through :class:`FencedRegistry` /
+:func:`_put_record`, which first renew the lease with a conditional write: a replica whose lease
+expired and was taken over (a long pause) stops before writing (``LeaseLost``; the event is
+retried and answered from the record). Decisions about different models run in parallel.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import json
 import logging
 import os
 import socket
-import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -34,7 +44,7 @@ from functions.promote import gates as artefact_gates
 from functions.promote import rollouts
 from functions.promote.decision import Decision, decide, roc_auc_gate
 from functions.promote.registry import CHAMPION, MlflowRegistry
-from shared import layout, modelling
+from shared import concurrency, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, contract_for_model, get_contract
 from shared.rollout import CANARY
@@ -43,7 +53,8 @@ log = logging.getLogger("faaspipe.promote")
 
 SOURCE = "/faaspipe/functions/promote"
 DECISION_TAG = "faaspipe.decision"
-_decision_lock = threading.Lock()  # one decision at a time in this (single) replica
+LEASE_TTL_S = 90.0  # a decision renews it at every write; longer than any gate evaluation
+LEASE_WAIT_S = 60.0  # then 409-like failure: the broker retries (trigger timeout PT2M)
 
 
 def _setting(name: str, default: float) -> float:
@@ -63,12 +74,71 @@ def decided_by() -> str:
     return f"promote@{socket.gethostname()}/{os.getpid()}"
 
 
+def lease_key(model_name: str) -> str:
+    """Where the lease serialising decisions about ``model_name`` lives (models bucket)."""
+    return f"locks/promote/{model_name}.json"
+
+
+@contextmanager
+def decision_lease(model_name: str) -> Iterator[concurrency.Lease]:
+    """Hold the model's decision lease (every replica, every thread) for the block."""
+    store = concurrency.S3VersionedStore(modelling.s3(), layout.MODELS)
+    lease = concurrency.Lease(
+        store, lease_key(model_name), f"{decided_by()}/{uuid.uuid4().hex[:8]}", LEASE_TTL_S
+    )
+    lease.acquire(LEASE_WAIT_S)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+class FencedRegistry:
+    """The registry, with the lease checked (renewed conditionally) before every write."""
+
+    def __init__(self, registry: MlflowRegistry, lease: concurrency.Lease) -> None:
+        self._registry, self._lease = registry, lease
+
+    def __getattr__(self, name: str) -> Any:  # reads pass through
+        return getattr(self._registry, name)
+
+    def set_champion(self, model_name: str, version: str) -> None:
+        self._lease.check()
+        self._registry.set_champion(model_name, version)
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self._lease.check()
+        self._registry.set_alias(model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        self._lease.check()
+        self._registry.delete_alias(model_name, alias)
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        self._lease.check()
+        self._registry.set_model_tag(model_name, key, value)
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        self._lease.check()
+        self._registry.delete_model_tag(model_name, key)
+
+    def tag(self, model_name: str, version: str, key: str, value: str) -> None:
+        self._lease.check()
+        self._registry.tag(model_name, version, key, value)
+
+
+def _put_record(lease: concurrency.Lease, record: dict[str, Any]) -> None:
+    """Write an audit record, fenced like the registry writes."""
+    lease.check()
+    modelling.put_json(layout.MODELS, layout.audit_record(record["model_name"], record["version"]), record)
+
+
 def handle(event: CloudEvent) -> CloudEvent | None:
     if event.get_type() == RolloutDecided.TYPE:
         return _on_rollout_decided(RolloutDecided.from_event(event), event)
     registered = ModelRegistered.from_event(event)
     name, version = registered.model_name, registered.version
-    with _decision_lock:
+    with decision_lease(name) as lease:
         record = modelling.get_json(layout.MODELS, layout.audit_record(name, version))
         if record is not None and record.get("status") == "final":
             log.info(
@@ -79,7 +149,7 @@ def handle(event: CloudEvent) -> CloudEvent | None:
                 record["decided_at"],
             )
             return reply_of(record)
-        registry = MlflowRegistry()
+        registry = FencedRegistry(MlflowRegistry(), lease)
         if record is not None and registry.champion(name) == version:
             log.info(
                 "%s v%s: pending decision found with the alias already moved; finishing it", name, version
@@ -92,9 +162,9 @@ def handle(event: CloudEvent) -> CloudEvent | None:
                 [*record.get("rounds", []), {"outcome": "finished after a restart"}],
             )
         else:
-            decision = _decide(registry, registered, event)
+            decision = _decide(registry, registered, event, lease)
         record = _audit_record(registered, event, decision, status="final")
-        modelling.put_json(layout.MODELS, layout.audit_record(name, version), record)
+        _put_record(lease, record)
         registry.tag(name, version, DECISION_TAG, _short(record))
     log.info(
         "%s v%s %s (champion %s → %s): %s",
@@ -108,7 +178,9 @@ def handle(event: CloudEvent) -> CloudEvent | None:
     return reply_of(record)
 
 
-def _decide(registry: MlflowRegistry, registered: ModelRegistered, event: CloudEvent) -> Decision:
+def _decide(
+    registry: FencedRegistry, registered: ModelRegistered, event: CloudEvent, lease: concurrency.Lease
+) -> Decision:
     name, version = registered.model_name, registered.version
     meta = modelling.get_json(layout.MODELS, layout.serving_model(name, version, "meta.json"))
     contract = _serving_contract(name, meta)
@@ -152,11 +224,7 @@ def _decide(registry: MlflowRegistry, registered: ModelRegistered, event: CloudE
     def write_pending(champion: str | None, gates: list[dict[str, Any]]) -> None:
         if all(g["passed"] for g in gates):
             pending = Decision("promoted", gates, champion, None)
-            modelling.put_json(
-                layout.MODELS,
-                layout.audit_record(name, version),
-                _audit_record(registered, event, pending, status="pending"),
-            )
+            _put_record(lease, _audit_record(registered, event, pending, status="pending"))
 
     return decide(registry, name, version, evaluate, prepare=write_pending)
 
@@ -263,8 +331,8 @@ def reply_of(record: dict[str, Any]) -> CloudEvent:
 def _on_rollout_decided(decided: RolloutDecided, event: CloudEvent) -> CloudEvent | None:
     """Promote or roll back the running rollout; the candidate's audit record becomes final."""
     name, version = decided.model_name, decided.candidate_version
-    with _decision_lock:
-        registry = MlflowRegistry()
+    with decision_lease(name) as lease:
+        registry = FencedRegistry(MlflowRegistry(), lease)
         current = rollouts.running(registry, name)
         record = modelling.get_json(layout.MODELS, layout.audit_record(name, version))
         if current is None or current.id != decided.rollout_id:
@@ -302,6 +370,6 @@ def _on_rollout_decided(decided: RolloutDecided, event: CloudEvent) -> CloudEven
                 "id": str(event.get_id()),
             },
         }
-        modelling.put_json(layout.MODELS, layout.audit_record(name, version), record)
+        _put_record(lease, record)
         registry.tag(name, version, DECISION_TAG, _short(record))
     return reply_of(record)

@@ -8,27 +8,26 @@
   request → the retrain completed: in-flight cleared, cooldown starts.
 
 State per model: ``layout.retrain_state(model)`` in the models bucket (JSON, see
-``RetrainState``). Reads and writes of one model's state are serialised by a lock in the
-process; the function runs as one replica (``maxReplicaCount: 1``) so that lock is enough.
+``RetrainState``). Replicas share it through optimistic read-modify-write
+(``shared.concurrency.update``: a conditional PUT on the object's ETag; a lost race re-reads
+and decides again), so of two replicas deciding on two drifts at once exactly one sends the
+retrain request and the other sees it in flight.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
-import threading
-from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from minio import Minio
-from minio.error import S3Error
 from prometheus_client import Counter
 
 from events import DriftDetected, ModelPromoted, ModelRejected, RetrainRequested
 from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on_drift
-from shared import layout, settings
+from shared import concurrency, layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.errors import EventRejected
 from shared.registry_alias import RegistryClient
@@ -41,37 +40,36 @@ SOURCE = f"/faaspipe/functions/{NAME}"
 DECISIONS = Counter("faaspipe_retrain_decisions_total", "Retrain controller decisions", ["model", "action"])
 
 
+T = TypeVar("T")
+
+
 class StateStore:
     """The retrain state of each model, as JSON objects in the models bucket."""
 
     def __init__(self, s3: Minio) -> None:
-        self.s3 = s3
+        self.store = concurrency.S3VersionedStore(s3, layout.MODELS)
 
     def load(self, model_name: str) -> RetrainState:
-        try:
-            raw = settings.read_object(layout.MODELS, layout.retrain_state(model_name), self.s3)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return RetrainState(model_name)
-            raise
-        return RetrainState.from_dict(json.loads(raw))
+        current = self.store.read(layout.retrain_state(model_name))
+        return RetrainState(model_name) if current is None else RetrainState.from_dict(current.doc)
 
-    def save(self, state: RetrainState) -> None:
-        body = json.dumps(state.to_dict(), indent=2).encode()
-        self.s3.put_object(
-            layout.MODELS,
-            layout.retrain_state(state.model_name),
-            io.BytesIO(body),
-            len(body),
-            content_type="application/json",
-        )
+    def update(
+        self, model_name: str, decide: Callable[[RetrainState], tuple[T, RetrainState]]
+    ) -> tuple[T, RetrainState]:
+        """``decide(state) -> (result, new state)`` applied with a conditional write (again on a
+        lost race, with the state that won); written only when the state changed."""
+
+        def change(doc: Any) -> tuple[dict[str, Any] | None, tuple[T, RetrainState]]:
+            state = RetrainState(model_name) if doc is None else RetrainState.from_dict(doc)
+            result, new_state = decide(state)
+            return (new_state.to_dict() if new_state != state else None), (result, new_state)
+
+        return concurrency.update(self.store, layout.retrain_state(model_name), change).result
 
 
 _store: StateStore | None = None
 _registry: RegistryClient | None = None
 _config = PolicyConfig()
-_model_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
 
 
 def init() -> None:
@@ -89,11 +87,6 @@ def init() -> None:
     )
 
 
-def _lock_for(model_name: str) -> threading.Lock:
-    with _locks_guard:
-        return _model_locks[model_name]
-
-
 def _reason(drift: DriftDetected) -> str:
     if drift.kind == "performance" and drift.metric:
         what = f"{drift.metric['name']} {drift.metric['value']:.3f} vs {drift.metric['reference']:.3f}"
@@ -106,18 +99,17 @@ def _on_drift(event: CloudEvent, store: StateStore) -> CloudEvent | None:
     drift = DriftDetected.from_event(event)
     champion = _registry.alias_version(drift.model_name) if _registry is not None else None
     now = datetime.now(UTC)
-    with _lock_for(drift.model_name):
-        state = store.load(drift.model_name)
-        decision, new_state = on_drift(
+    decision, _ = store.update(
+        drift.model_name,
+        lambda state: on_drift(
             state,
             event.get_id(),
             now,
             _config,
             drift_version=drift.model_version,
             champion_version=champion,
-        )
-        if new_state != state:
-            store.save(new_state)
+        ),
+    )
     DECISIONS.labels(drift.model_name, decision.action).inc()
     log.info(
         "drift %s on %s v%s: %s (%s)",
@@ -151,17 +143,10 @@ def _on_decision(event: CloudEvent, store: StateStore) -> None:
             rejected.decided_at,
             "rejected",
         )
-    with _lock_for(model_name):
-        state = store.load(model_name)
-        changed, new_state = on_decision(
-            state,
-            outcome,
-            version,
-            datetime.fromisoformat(decided_at.replace("Z", "+00:00")),
-            datetime.now(UTC),
-        )
-        if changed:
-            store.save(new_state)
+    decided = datetime.fromisoformat(decided_at.replace("Z", "+00:00"))
+    changed, _ = store.update(
+        model_name, lambda state: on_decision(state, outcome, version, decided, datetime.now(UTC))
+    )
     DECISIONS.labels(model_name, f"completed_{outcome}" if changed else f"ignored_{outcome}").inc()
     if changed:
         log.info(

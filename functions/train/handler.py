@@ -9,20 +9,32 @@ function loads (``model.json``, ``meta.json``, ``reference.csv`` under ``layout.
 Idempotency: a study has at most one registered version (version tag ``faaspipe.study_id``).
 The tag ``faaspipe.serving_uri`` is written last: a version carrying it is complete and a
 redelivery only answers again; a version without it is completed (artefacts, tags, alias).
+
+Replicas: the same ``study.completed`` reaching two replicas (a redelivery racing the first
+delivery, an idempotency record gone) must not register two versions, and MLflow cannot
+register conditionally. So the look-up-then-register runs under a fenced lease per study in the
+models bucket (``shared.concurrency.Lease``, conditional writes), renewed before each registry
+write; the training itself, the expensive part, runs outside it (``_train_lock`` only keeps one
+training per replica, for CPU). The replica that finds the version registered under the lease
+answers with it and throws its own fit away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from events import ModelRegistered, StudyCompleted
 from functions.train.fit import TrainedModel, train_final
-from shared import layout, modelling
+from shared import concurrency, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 
@@ -33,6 +45,8 @@ CHALLENGER = "challenger"
 TAG_STUDY = "faaspipe.study_id"
 TAG_SERVING_URI = "faaspipe.serving_uri"  # written last: the version is complete
 _train_lock = threading.Lock()  # one training at a time per replica (2-core box)
+LEASE_TTL_S = 180.0  # renewed before each write; registration takes seconds
+LEASE_WAIT_S = 240.0  # another replica registering the same study (trigger timeout PT10M)
 
 
 def init() -> None:
@@ -62,29 +76,24 @@ def _register(completed: StudyCompleted, state: dict[str, Any], contract: Contra
     name = contract.model_name
     version = _version_of_study(client, name, completed.study_id)
     if version is not None and version.tags.get(TAG_SERVING_URI):
-        log.info(
-            "study %s is registered already as %s v%s; answering again",
-            completed.study_id,
-            name,
-            version.version,
-        )
-        meta = modelling.get_json(
-            layout.MODELS, layout.serving_model(name, str(version.version), "meta.json")
-        )
-        run_id = _run_of(version)
-        _terminate(client, run_id)
-        return _registered_event(state, contract, str(version.version), run_id, meta["metrics"])
-
+        return _answer_again(client, state, contract, completed.study_id, version)
     trained = _train(completed, state, contract)
-    run_id = _run_of(version) if version is not None else _new_run(client, state, contract)
-    _log_training(client, run_id, state, trained)
-    if version is None:
-        version = _log_and_register(run_id, state, contract, trained)
-    number = str(version.version)
-    meta = _write_serving_artefacts(contract, number, run_id, state, trained)
-    _tag_version(client, contract, number, state, trained, run_id)
-    client.set_registered_model_alias(name, CHALLENGER, number)
-    client.set_model_version_tag(name, number, TAG_SERVING_URI, _serving_uri(name, number))
+    with _registration_lease(completed.study_id) as lease:
+        version = _version_of_study(client, name, completed.study_id)  # again, under the lease
+        if version is not None and version.tags.get(TAG_SERVING_URI):
+            return _answer_again(client, state, contract, completed.study_id, version)
+        lease.check()
+        run_id = _run_of(version) if version is not None else _new_run(client, state, contract)
+        _log_training(client, run_id, state, trained)
+        if version is None:
+            lease.check()
+            version = _log_and_register(run_id, state, contract, trained)
+        number = str(version.version)
+        meta = _write_serving_artefacts(contract, number, run_id, state, trained)
+        _tag_version(client, contract, number, state, trained, run_id)
+        lease.check()
+        client.set_registered_model_alias(name, CHALLENGER, number)
+        client.set_model_version_tag(name, number, TAG_SERVING_URI, _serving_uri(name, number))
     _terminate(client, run_id)
     log.info(
         "%s v%s registered (alias %s): holdout ROC-AUC %.5f, PR-AUC %.4f, F1 %.4f @ %.3f, Brier %.5f",
@@ -98,6 +107,31 @@ def _register(completed: StudyCompleted, state: dict[str, Any], contract: Contra
         trained.metrics["brier"],
     )
     return _registered_event(state, contract, number, run_id, meta["metrics"])
+
+
+def _answer_again(
+    client: Any, state: dict[str, Any], contract: Contract, study_id: str, version: Any
+) -> CloudEvent:
+    """The registered event of a study registered already (a redelivery, or another replica)."""
+    name = contract.model_name
+    log.info("study %s is registered already as %s v%s; answering again", study_id, name, version.version)
+    meta = modelling.get_json(layout.MODELS, layout.serving_model(name, str(version.version), "meta.json"))
+    run_id = _run_of(version)
+    _terminate(client, run_id)
+    return _registered_event(state, contract, str(version.version), run_id, meta["metrics"])
+
+
+@contextmanager
+def _registration_lease(study_id: str) -> Iterator[concurrency.Lease]:
+    """The study's registration lease, held by one replica at a time (see the module docstring)."""
+    store = concurrency.S3VersionedStore(modelling.s3(), layout.MODELS)
+    owner = f"train@{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    lease = concurrency.Lease(store, f"locks/train/{study_id}.json", owner, LEASE_TTL_S)
+    lease.acquire(LEASE_WAIT_S)
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def _train(completed: StudyCompleted, state: dict[str, Any], contract: Contract) -> TrainedModel:

@@ -11,8 +11,15 @@
 
 Idempotency: the study id is derived from the triggering event, trial events have ids derived
 from (study, trial number), and every decision is re-derived from the state in S3, which is
-written before any event leaves. Trial results of one study are serialised by a per-study lock
-(the function runs a single replica: ``maxReplicaCount: 1``), re-reading the state under it.
+written before any event leaves.
+
+Several replicas (and threads) may handle events of one study at once: the state is changed
+only by optimistic read-modify-write (``shared.concurrency.update``: conditional PUT on the
+object's ETag, re-read and re-decide on a lost race). Each decision — a result recorded, trials
+asked, the study closed — is taken by exactly one write that wins, and only the replica whose
+write won acts on it (logs the trial on MLflow, sends the trial requests, replies
+``study.completed``); a lost race sends nothing, so two replicas never hand out a trial twice,
+exceed the parallelism or budget, or complete a study twice.
 """
 
 from __future__ import annotations
@@ -21,9 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from events import (
@@ -36,7 +41,7 @@ from events import (
 )
 from functions.tune import study
 from functions.tune.space import XGBOOST_SPACE, Dimension, initial_design, params_of, suggest
-from shared import contracts, layout, modelling
+from shared import concurrency, contracts, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
 from shared.emit import emit
@@ -44,10 +49,9 @@ from shared.emit import emit
 log = logging.getLogger("faaspipe.tune")
 
 SOURCE = "/faaspipe/functions/tune"
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
 WATCHDOG_INTERVAL_S = 15.0
 WATCHDOG_GRACE_S = 60.0  # past the wall-time budget, a study's running trials are given up
+UNSENT_GRACE_S = 30.0  # the watchdog sends a requested trial only when no replica sent it for this long
 _closed_studies: set[str] = set()
 
 
@@ -128,18 +132,21 @@ def contract_for_model(model_name: str) -> Contract:
 
 def _start_study(contract: Contract, version: str, feature_view: str, event: CloudEvent) -> None:
     study_id = study.study_id_for(contract.name, version, str(event.get_source()), str(event.get_id()))
-    with _study_lock(study_id):
-        state = _load(study_id)
+    state = _load(study_id)
+    if state is None:
+        state = _create_study(study_id, contract, version, feature_view, event)
         if state is None:
-            state = _create_study(study_id, contract, version, feature_view, event)
-        else:
-            log.info("study %s exists already (redelivery); not started again", study_id)
-        _emit_requested(state)
+            return  # another replica created it at the same moment: it sends the requests
+        _emit_requested(state, [t["number"] for t in state["trials"]])
+    else:
+        log.info("study %s exists already (redelivery); not started again", study_id)
+        _emit_requested(state, _unsent_for(state, time.time()))  # what a crash left unsent
 
 
 def _create_study(
     study_id: str, contract: Contract, version: str, feature_view: str, event: CloudEvent
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The new study's state, written; None when another replica's creation won the race."""
     config = study.StudyConfig.from_env()
     started = time.perf_counter()
     frame = modelling.load_training_frame(contract, version)
@@ -192,7 +199,14 @@ def _create_study(
         now=now,
     )
     _request_trials(state)
-    _save(state)
+    try:
+        _store().write(layout.study_state(study_id), state, expected=None)  # create, never replace
+    except concurrency.Conflict:
+        winner = _load(study_id) or {}
+        log.info("study %s was started by another replica at the same time; left to it", study_id)
+        if (winner.get("mlflow") or {}).get("parent_run_id") != tracking["parent_run_id"]:
+            modelling.mlflow_client().delete_run(tracking["parent_run_id"])  # ours lost: no orphan
+        return None
     log.info(
         "study %s started: %d trials, %d in parallel, %.0fs budget, patience %d",
         study_id,
@@ -249,60 +263,74 @@ def _parent_run(
 def _on_trial_finished(event: CloudEvent) -> CloudEvent | None:
     result = TrialFinished.from_event(event)
     by = {"source": str(event.get_source()), "id": str(event.get_id())}
-    with _study_lock(result.study_id):
-        state = _load(result.study_id)
+    now = time.time()
+
+    def change(state: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Record the result and decide what follows (pure: runs again on a lost race)."""
         if state is None:
             raise modelling.rejection(f"trial.finished for unknown study {result.study_id!r}")
         try:
             recorded = study.record_result(state, result.to_data(), at=rfc3339())
         except study.UnknownTrial as exc:
             raise modelling.rejection(str(exc)) from exc
-        if recorded:
-            entry = study.trial(state, result.trial_number)
-            log.info(
-                "study %s: trial %d %s score=%s (%.1fs)%s",
-                result.study_id,
-                result.trial_number,
-                entry["status"],
-                entry.get("score"),
-                result.duration_s,
-                " after completion" if entry.get("late") else "",
-            )
-            _track_trial(state, entry)
-        else:
-            log.info(
-                "study %s: trial %d was already recorded; not counted again",
-                result.study_id,
-                result.trial_number,
-            )
         if study.is_closed(state):
-            _save(state)
             completion = state.get("completion")
-            if completion and completion.get("by") == by:  # the completing event, delivered again
-                return _completion_reply(state)
-            return None
-        reason = study.decide_stop(state, time.time())
+            again = bool(completion and completion.get("by") == by)  # the completing event, again
+            return state, {"recorded": recorded, "next": "reply_again" if again else "closed"}
+        reason = study.decide_stop(state, now)
         if reason is not None:
-            running = [t["number"] for t in study.pending(state)]
-            if not running:
-                return _close(state, reason, by)
-            _save(state)
-            log.info("study %s stops (%s): waiting for running trials %s", result.study_id, reason, running)
-            return None
-        _request_trials(state)
-        _save(state)
-        _emit_requested(state)
+            if not study.pending(state):
+                return state, {"recorded": recorded, "next": _close_state(state, reason, by)}
+            return state, {"recorded": recorded, "next": "waiting", "reason": reason}
+        numbers = _request_trials(state)
+        return state, {"recorded": recorded, "next": "requested", "numbers": numbers}
+
+    outcome = _update(result.study_id, change)
+    state, what = outcome.doc, outcome.result
+    if what["recorded"]:
+        entry = study.trial(state, result.trial_number)
+        log.info(
+            "study %s: trial %d %s score=%s (%.1fs)%s",
+            result.study_id,
+            result.trial_number,
+            entry["status"],
+            entry.get("score"),
+            result.duration_s,
+            " after completion" if entry.get("late") else "",
+        )
+        _track_trial(state, entry)
+    else:
+        log.info(
+            "study %s: trial %d was already recorded; not counted again", result.study_id, result.trial_number
+        )
+    if what["next"] == "reply_again":
+        return _completion_reply(state)
+    if what["next"] == "closed":
         return None
+    if what["next"] in ("completed", "failed"):
+        return _after_close(state)
+    if what["next"] == "waiting":
+        running = [t["number"] for t in study.pending(state)]
+        log.info(
+            "study %s stops (%s): waiting for running trials %s", result.study_id, what["reason"], running
+        )
+        return None
+    # our write asked for these trials: we send them. A repeat also sends what a crash left unsent
+    # (unsent for UNSENT_GRACE_S: younger ones are being sent by the replica that asked for them).
+    late = [] if what["recorded"] else _unsent_for(state, time.time())
+    _emit_requested(state, [*what["numbers"], *late])
+    return None
 
 
-def _request_trials(state: dict[str, Any]) -> int:
-    """Ask the optimiser for as many points as keep ``parallelism`` trials running."""
+def _request_trials(state: dict[str, Any]) -> list[int]:
+    """Ask the optimiser for as many points as keep ``parallelism`` trials running (in the state
+    only: they are sent once the state is written); the numbers asked."""
     numbers = study.numbers_to_request(state)
     space = [Dimension.from_doc(d) for d in state["space"]]
     for number in numbers:
         x = _next_point(state, space, number)
         study.add_request(state, x, params_of(space, x), at=rfc3339())
-    return len(numbers)
+    return numbers
 
 
 def _next_point(state: dict[str, Any], space: list[Dimension], number: int) -> list[float | int]:
@@ -325,24 +353,32 @@ def _next_point(state: dict[str, Any], space: list[Dimension], number: int) -> l
     return x
 
 
-def _close(state: dict[str, Any], reason: str, by: dict[str, str]) -> CloudEvent | None:
+def _close_state(state: dict[str, Any], reason: str, by: dict[str, str]) -> str:
+    """Complete the study in its state (fail it when no trial succeeded): "completed" | "failed"."""
     if study.best_trial(state) is None:
-        failure = study.fail(state, reason, by=by, at=rfc3339())
-        _save(state)
+        study.fail(state, reason, by=by, at=rfc3339())
+        return "failed"
+    study.complete(state, reason, by=by, at=rfc3339())
+    return "completed"
+
+
+def _after_close(state: dict[str, Any]) -> CloudEvent | None:
+    """What the replica whose write closed the study does: the reply, or the failure's record."""
+    if state.get("failure"):
+        failure = state["failure"]
         log.error(
             "study %s stopped (%s) without any successful trial: %s",
             state["study_id"],
-            reason,
+            failure["stop_reason"],
             failure["errors"],
         )
         _terminate_parent(state, "FAILED")
         return None
-    completion = study.complete(state, reason, by=by, at=rfc3339())
-    _save(state)
+    completion = state["completion"]
     log.info(
         "study %s completed (%s) after %d trials: best trial %d, CV ROC-AUC %.5f",
         state["study_id"],
-        reason,
+        completion["stop_reason"],
         completion["n_trials"],
         completion["best_trial"],
         completion["best_score"],
@@ -408,25 +444,32 @@ def _terminate_parent(state: dict[str, Any], status: str) -> None:
 # --------------------------------------------------------------------------- state and events
 
 
-@contextmanager
-def _study_lock(study_id: str) -> Iterator[None]:
-    with _locks_guard:
-        lock = _locks[study_id]
-    with lock:
-        yield
+_state_store: concurrency.S3VersionedStore | None = None
+
+
+def _store() -> concurrency.S3VersionedStore:
+    global _state_store
+    if _state_store is None:
+        _state_store = concurrency.S3VersionedStore(modelling.s3(), layout.MODELS)
+    return _state_store
 
 
 def _load(study_id: str) -> dict[str, Any] | None:
     return modelling.get_json(layout.MODELS, layout.study_state(study_id))
 
 
-def _save(state: dict[str, Any]) -> None:
-    modelling.put_json(layout.MODELS, layout.study_state(state["study_id"]), state)
+def _update(study_id: str, change: Any) -> concurrency.Outcome[Any]:
+    """Read-modify-write of the study state with a conditional PUT (see the module docstring)."""
+    return concurrency.update(_store(), layout.study_state(study_id), change)
 
 
-def _emit_requested(state: dict[str, Any]) -> None:
-    """Send ``trial.requested`` for every requested trial not sent yet (ids make resends no-ops)."""
-    waiting = study.unemitted(state)
+def _emit_requested(state: dict[str, Any], numbers: list[int]) -> None:
+    """Send ``trial.requested`` for those of ``numbers`` not sent yet, then mark them sent.
+
+    The replica whose write asked for a trial sends it; others send it only once it stayed
+    unsent for ``UNSENT_GRACE_S`` (the asker died). Ids are derived from (study, trial), so the
+    rare resend is a duplicate the trial function's idempotency drops, never a second trial."""
+    waiting = [t for t in study.unemitted(state) if t["number"] in numbers]
     for entry in waiting:
         emit(
             TrialRequested(
@@ -443,10 +486,30 @@ def _emit_requested(state: dict[str, Any]) -> None:
                 extensions={"partitionkey": state["study_id"]},
             )
         )
+    if not waiting:
+        return
+    sent = {t["number"] for t in waiting}
+
+    def mark(current: dict[str, Any] | None) -> tuple[dict[str, Any] | None, None]:
+        todo = [t for t in (current or {}).get("trials", []) if t["number"] in sent and not t.get("emitted")]
+        for entry in todo:
+            entry["emitted"] = True
+        return (current if todo else None), None
+
+    _update(state["study_id"], mark)
+    for entry in waiting:
         entry["emitted"] = True
-    if waiting:
-        _save(state)
-        log.info("study %s: requested trials %s", state["study_id"], [t["number"] for t in waiting])
+    log.info("study %s: requested trials %s", state["study_id"], sorted(sent))
+
+
+def _unsent_for(state: dict[str, Any], now: float) -> list[int]:
+    """Requested trials nobody sent for ``UNSENT_GRACE_S`` (the replica that asked for them died)."""
+    late = []
+    for entry in study.unemitted(state):
+        asked = datetime.fromisoformat(str(entry["requested_at"]).replace("Z", "+00:00")).timestamp()
+        if now - asked >= UNSENT_GRACE_S:
+            late.append(entry["number"])
+    return late
 
 
 # --------------------------------------------------------------------------- watchdog
@@ -471,32 +534,43 @@ def _open_study_ids() -> list[str]:
 def watchdog_pass(now: float) -> list[str]:
     """Move studies on that no event will move on; returns the ids acted on.
 
-    - trial requests a crash left unsent are sent (normally the redelivered event does it);
+    - trial requests a crash left unsent (for ``UNSENT_GRACE_S``) are sent (normally the
+      redelivered event does it);
     - a study past its wall-time budget (plus a grace period) whose running trials never
       reported — lost, dead-lettered — is completed (with the reason it was stopping for, else
       ``budget_time``; ``study.completed`` is emitted, same id as ever), or failed when no trial
-      succeeded.
+      succeeded. Every replica runs this pass: the conditional write decides which one closes.
     """
     acted: list[str] = []
     for study_id in _open_study_ids():
-        with _study_lock(study_id):
-            state = _load(study_id)
-            if state is None or study.is_closed(state):
-                _closed_studies.add(study_id)
-                continue
-            if study.unemitted(state):
-                _emit_requested(state)
-                acted.append(study_id)
-            if now - float(state["created_ts"]) < study.config_of(state).max_seconds + WATCHDOG_GRACE_S:
-                continue
-            waiting = [t["number"] for t in study.pending(state)]
-            log.warning(
-                "study %s is past its time budget with trials %s still running: closing it", study_id, waiting
-            )
-            reason = (state.get("stopping") or {}).get("reason") or "budget_time"
-            reply = _close(state, reason, {"source": f"{SOURCE}/watchdog", "id": f"{study_id}.{reason}"})
-            if reply is not None:
-                emit(reply)
+        state = _load(study_id)
+        if state is None or study.is_closed(state):
             _closed_studies.add(study_id)
+            continue
+        unsent = _unsent_for(state, now)
+        if unsent:
+            _emit_requested(state, unsent)
             acted.append(study_id)
+        if now - float(state["created_ts"]) < study.config_of(state).max_seconds + WATCHDOG_GRACE_S:
+            continue
+
+        def close(current: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str | None]:
+            if current is None or study.is_closed(current):
+                return None, None
+            reason = (current.get("stopping") or {}).get("reason") or "budget_time"
+            by = {"source": f"{SOURCE}/watchdog", "id": f"{current['study_id']}.{reason}"}
+            return current, _close_state(current, reason, by)
+
+        outcome = _update(study_id, close)
+        _closed_studies.add(study_id)
+        if not outcome.written:
+            continue  # closed meanwhile, by an event or another replica's watchdog
+        waiting = [t["number"] for t in study.pending(outcome.doc)]
+        log.warning(
+            "study %s was past its time budget with trials %s still running: closed", study_id, waiting
+        )
+        reply = _after_close(outcome.doc)
+        if reply is not None:
+            emit(reply)
+        acted.append(study_id)
     return acted
