@@ -9,7 +9,8 @@ minutes later. Two kinds of check:
 * reachability of the services the settings point at: the MLflow backend database
   (``FAASPIPE_MLFLOW_BACKEND_URI``, via SQLAlchemy as MLflow connects), the Redis of the
   idempotency store (``FAASPIPE_IDEMPOTENCY_URL``) and of Feast's online store
-  (``FAASPIPE_FEAST_REDIS``), each with a short timeout.
+  (``FAASPIPE_FEAST_REDIS``), and the functions' state database (``FAASPIPE_DATABASE_URL``),
+  each with a short timeout.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def check_services(env: Mapping[str, str]) -> list[Problem]:
         ("FAASPIPE_MLFLOW_BACKEND_URI", check_database_uri),
         ("FAASPIPE_IDEMPOTENCY_URL", check_idempotency_url),
         ("FAASPIPE_FEAST_REDIS", check_feast_redis),
+        ("FAASPIPE_DATABASE_URL", check_state_database_url),
     ]
     problems = []
     for name, probe in checks:
@@ -288,6 +290,22 @@ def check_idempotency_url(url: str) -> str | None:
     except ValueError as exc:
         return f"invalid URL {_redact(url)!r}: {exc}"
     return _ping_redis(_redact(url), connection_pool=pool)
+
+
+def check_state_database_url(url: str) -> str | None:
+    """The functions' state database (``shared/sqldb.py``): a PostgreSQL URL that answers."""
+    import psycopg2
+
+    from shared.sqldb import is_postgres
+
+    if not is_postgres(url):
+        return f"expected postgresql://user[:password]@host:port/db, got {_redact(url)!r}"
+    try:
+        psycopg2.connect(url, connect_timeout=max(1, round(CONNECT_TIMEOUT_S))).close()
+    except psycopg2.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL at {_redact(url)} does not answer: {first}"
+    return None
 
 
 def check_feast_redis(spec: str) -> str | None:

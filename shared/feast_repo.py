@@ -6,9 +6,13 @@ dataset version's offline Parquet in S3 (``s3://features/offline/<dataset>/versi
 ``contract.feature_view`` holding the model features (raw and derived) plus the raw inputs and
 string identifiers. The label is not in the view: training takes it from the entity dataframe.
 
-Registry: ``$FAASPIPE_STATE_DIR/feast/registry.db`` (a file registry whose writes are atomic,
-see ``AtomicFileRegistryStore``). Online store: SQLite ``$FAASPIPE_STATE_DIR/feast/online.db``,
-or Redis when ``FAASPIPE_FEAST_REDIS`` is set (``host:port[,db=N]``). Offline store: ``file``.
+Registry: Feast's SQL registry on PostgreSQL when ``FAASPIPE_DATABASE_URL`` is set (the
+cluster: every replica shares it, and a pod's restart loses nothing; ``apply`` is serialised
+by a PostgreSQL advisory lock), else ``$FAASPIPE_STATE_DIR/feast/registry.db`` (localdev: a
+file registry whose writes are atomic, see ``AtomicFileRegistryStore``, serialised by a file
+lock). Online store: Redis when ``FAASPIPE_FEAST_REDIS`` is set (``host:port[,db=N]``), else
+SQLite ``$FAASPIPE_STATE_DIR/feast/online.db``. Offline store: ``file``, over S3. The pinned
+stores' private registries (below) are per-process caches, rebuilt on demand.
 
 **How versions are tracked.** Each dataset version is its own Parquet object (content
 addressed, never rewritten), and the FileSource points at exactly one version:
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shared import layout, settings
 from shared.contracts import Contract
+from shared.sqldb import DATABASE_URL_ENV
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,34 +224,54 @@ def _online_store_config(directory: Path) -> dict[str, Any]:
     return {"type": "sqlite", "path": str(directory / "online.db")}
 
 
-def _store(directory: Path, online: dict[str, Any]) -> FeatureStore:
+def _registry_config(directory: Path, database_url: str | None) -> dict[str, Any]:
+    if database_url:
+        return {
+            "registry_type": "sql",
+            "path": _sqlalchemy_url(database_url),
+            "cache_ttl_seconds": REGISTRY_CACHE_TTL_S,
+            "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+        }
+    return {
+        "registry_type": "file",
+        "registry_store_type": f"{__name__}.AtomicFileRegistryStore",
+        "path": str(directory / "registry.db"),
+        "cache_ttl_seconds": REGISTRY_CACHE_TTL_S,
+    }
+
+
+def _sqlalchemy_url(database_url: str) -> str:
+    """``postgresql://…`` → ``postgresql+psycopg2://…`` (the driver in the train image)."""
+    scheme, rest = database_url.split("://", 1)
+    return f"postgresql+psycopg2://{rest}" if scheme in ("postgresql", "postgres") else database_url
+
+
+def _store(directory: Path, online: dict[str, Any], database_url: str | None = None) -> FeatureStore:
     from feast import FeatureStore, RepoConfig
 
     directory.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
         project=PROJECT,
         provider="local",
-        registry={
-            "registry_type": "file",
-            "registry_store_type": f"{__name__}.AtomicFileRegistryStore",
-            "path": str(directory / "registry.db"),
-            "cache_ttl_seconds": REGISTRY_CACHE_TTL_S,
-        },
+        registry=_registry_config(directory, database_url),
         online_store=online,
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
         repo_path=directory,
     )
-    store = FeatureStore(config=config)
-    # Feast gates online reads on the view's state, and ``materialize`` flips it to MATERIALIZING
-    # in the shared registry: without this, feature servers (whose registry cache may hold
-    # that state for cache_ttl_seconds) would fail every read during and just after a
-    # materialisation. Feast reads the flag from the config only for SQL/remote registries.
-    store.registry.serve_features_while_materializing = True
+    # Feast's SQL registry creates its tables when first opened: one replica at a time.
+    with _postgres_lock(database_url) if database_url else contextlib.nullcontext():
+        store = FeatureStore(config=config)
+        # Feast gates online reads on the view's state, and ``materialize`` flips it to
+        # MATERIALIZING in the shared registry: without this, feature servers (whose registry
+        # cache may hold that state for cache_ttl_seconds) would fail every read during and just
+        # after a materialisation. Feast reads the flag from the config only for SQL/remote
+        # registries; set here for both.
+        store.registry.serve_features_while_materializing = True
     return store
 
 
-_SHARED_STORES: dict[tuple[str, str], FeatureStore] = {}
+_SHARED_STORES: dict[tuple[str, str, str], FeatureStore] = {}
 
 
 @functools.cache
@@ -270,18 +295,46 @@ def feature_store(contract: Contract, dataset_version: str | None = None) -> Fea
     that version's definitions (applied once per process) and is meant for offline reads.
     """
     if dataset_version is None:
-        where = (os.environ.get("FAASPIPE_STATE_DIR", ""), os.environ.get(REDIS_ENV, ""))
+        database_url = os.environ.get(DATABASE_URL_ENV) or None
+        where = (os.environ.get("FAASPIPE_STATE_DIR", ""), os.environ.get(REDIS_ENV, ""), database_url or "")
         store = _SHARED_STORES.get(where)
         if store is None:
-            store = _SHARED_STORES[where] = _store(feast_dir(), _online_store_config(feast_dir()))
+            online = _online_store_config(feast_dir())
+            store = _SHARED_STORES[where] = _store(feast_dir(), online, database_url)
         return store
     if not dataset_version.isalnum():
         raise ValueError(f"bad dataset version {dataset_version!r}: expected hex digits")
     return _pinned_store(contract.name, dataset_version, definition_fingerprint(contract, dataset_version))
 
 
+APPLY_LOCK_KEY = 0x66656173  # the PostgreSQL advisory lock of the registry's writers ("feas")
+
+
+@contextlib.contextmanager
+def _postgres_lock(database_url: str) -> Iterator[None]:
+    """A session-level advisory lock in the registry's database; it goes with the session
+    if this process dies, so a crashed replica never leaves it held."""
+    import psycopg2
+
+    conn = psycopg2.connect(database_url, connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (APPLY_LOCK_KEY,))
+        yield
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def _apply_lock() -> Iterator[None]:
+    """One ``apply`` at a time among every replica: an advisory lock in the registry's
+    PostgreSQL, or a file lock beside the file registry (localdev's replicas share a disk)."""
+    database_url = os.environ.get(DATABASE_URL_ENV)
+    if database_url:
+        with _postgres_lock(database_url):
+            yield
+        return
     feast_dir().mkdir(parents=True, exist_ok=True)
     with open(feast_dir() / "apply.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

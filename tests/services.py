@@ -112,3 +112,8 @@ def fresh_database(user: str) -> Iterator[str]:
 
 def database_uri(user: str, database: str) -> str:
     return f"postgresql+psycopg2://{user}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+
+
+def postgres_url(user: str, database: str) -> str:
+    """A libpq URL (``FAASPIPE_DATABASE_URL``), where ``database_uri`` is SQLAlchemy's."""
+    return f"postgresql://{user}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"

@@ -10,7 +10,7 @@ import io
 import json
 import subprocess
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ import urllib3
 
 from functions.monitor.performance import PerformanceConfig, evaluate, f1, parse_labels_csv, roc_auc
 from functions.monitor.store import LabelledRow, MonitorStore, StoredPrediction
-from functions.monitor.windows import Observation, WindowConfig, Windows
+from functions.monitor.windows import ClosedWindow, WindowConfig, Windows
 from shared import layout
 from shared.contracts import get_contract
 from tests.conftest import REPO, Stack, wait_until
 from tests.fixtures_model import MODEL_NAME, ai4i_rows, promote, publish_models, serving_stack, wait_served
 from tests.functions.serve_recorder.client import metric, recorded
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, fresh_database, postgres_user
 
 CONTRACT = get_contract("ai4i")
 DRIFT = "dev.faaspipe.drift.detected.v1"
@@ -36,47 +37,101 @@ WINDOW = 500  # FAASPIPE_DRIFT_WINDOW_SIZE in functions/monitor/function.yaml
 # --------------------------------------------------------------------------- units (no stack)
 
 
-def _obs(i: int) -> Observation:
-    return Observation(f"e{i}", datetime(2026, 1, 1, tzinfo=UTC), {"torque_nm": float(i)})
+def _prediction(i: int, version: str = "1") -> StoredPrediction:
+    return StoredPrediction(
+        f"e{i}", f"r{i}", None, "m", version, 0.5, 1, "2026-01-01T00:00:00+00:00", {"torque_nm": float(i)}
+    )
 
 
-def test_window_closes_when_full_and_starts_afresh() -> None:
-    windows = Windows(WindowConfig(size=3, seconds=300, min_size=2), clock=lambda: 0.0)
-    key = ("m", "1")
-    assert windows.add(key, _obs(1)) is None
-    assert windows.add(("m", "2"), _obs(9)) is None  # versions have windows of their own
-    assert windows.add(key, _obs(2)) is None
-    closed = windows.add(key, _obs(3))
+def _windows(tmp_path: Path, config: WindowConfig, now: list[float]) -> Windows:
+    return Windows(config, MonitorStore(tmp_path / "m.db"), clock=lambda: now[0])
+
+
+def _add(windows: Windows, i: int, now: list[float], version: str = "1") -> ClosedWindow | None:
+    assert windows.store.add_prediction(_prediction(i, version), stored_at=now[0])
+    return windows.after_insert(("m", version))
+
+
+def test_window_closes_when_full_and_starts_afresh(tmp_path: Path) -> None:
+    now = [0.0]
+    windows = _windows(tmp_path, WindowConfig(size=3, seconds=300, min_size=2), now)
+    assert _add(windows, 1, now) is None
+    assert _add(windows, 9, now, version="2") is None  # versions have windows of their own
+    assert _add(windows, 2, now) is None
+    closed = _add(windows, 3, now)
     assert (
         closed is not None
         and closed.reason == "full"
         and [o.event_id for o in closed.observations] == ["e1", "e2", "e3"]
+        and closed.observations[0].inputs == {"torque_nm": 1.0}
     )
     assert windows.fill() == {("m", "2"): 1}
 
 
-def test_window_closes_on_time_only_with_enough_rows() -> None:
+def test_window_closes_on_time_only_with_enough_rows(tmp_path: Path) -> None:
     now = [0.0]
-    windows = Windows(WindowConfig(size=100, seconds=60, min_size=2), clock=lambda: now[0])
-    key = ("m", "1")
-    windows.add(key, _obs(1))
+    windows = _windows(tmp_path, WindowConfig(size=100, seconds=60, min_size=2), now)
+    _add(windows, 1, now)
     now[0] = 61.0
     assert windows.due() == []  # one row is too few, however old
-    closed = windows.add(key, _obs(2))
+    closed = _add(windows, 2, now)
     assert closed is not None and closed.reason == "time" and closed.size == 2
-    windows.add(key, _obs(3))
-    windows.add(key, _obs(4))
+    _add(windows, 3, now)
+    _add(windows, 4, now)
     now[0] = 200.0
     (due,) = windows.due()
     assert due.size == 2
-    windows.add(key, _obs(5))
+    _add(windows, 5, now)
     now[0] = 200.0 + 60 * 12
     (expired,) = windows.due()  # never reached min_size: dropped, not checked
     assert expired.reason == "expired" and expired.size == 1 and windows.fill() == {}
 
 
-def test_store_dedupes_joins_labels_and_rebuilds(tmp_path: Path) -> None:
-    store = MonitorStore(tmp_path / "m.db")
+def test_two_replicas_share_windows_and_each_window_is_claimed_once(store_location: Path | str) -> None:
+    """Two monitor replicas on one store (issue 10: no singleton): the predictions delivered to
+    either fill one window per model version, and racing claims give each row to one window."""
+    import threading
+
+    config = WindowConfig(size=10, seconds=300, min_size=5)
+    replicas = [Windows(config, MonitorStore(store_location)) for _ in range(2)]
+    closed: list[ClosedWindow] = []
+    lock = threading.Lock()
+
+    def deliver(replica: Windows, ids: range) -> None:
+        for i in ids:
+            assert replica.store.add_prediction(_prediction(i))
+            window = replica.after_insert(("m", "1"))
+            if window is not None:
+                with lock:
+                    closed.append(window)
+
+    threads = [threading.Thread(target=deliver, args=(r, range(k, 200, 2))) for k, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [o.event_id for w in closed for o in w.observations]
+    assert len(claimed) == len(set(claimed)) == 200 and all(w.size == 10 for w in closed)
+    assert {r.store.open_counts().get(("m", "1"), (0, 0))[0] for r in replicas} == {0}
+    for r in replicas:
+        r.store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """Where a MonitorStore lives: localdev's SQLite file, or the cluster's PostgreSQL."""
+    if request.param == "sqlite":
+        yield tmp_path / "m.db"
+        return
+    user, problem = postgres_user()
+    if user is None:
+        pytest.skip(f"the monitor store on PostgreSQL: {problem}")
+    with fresh_database(user) as name:
+        yield f"postgresql://{user}@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+
+
+def test_store_dedupes_joins_labels_and_rebuilds(store_location: Path | str) -> None:
+    store = MonitorStore(store_location)
 
     def prediction(
         event_id: str, request_id: str, entity: str | None, probability: float, at: str
@@ -91,7 +146,8 @@ def test_store_dedupes_joins_labels_and_rebuilds(tmp_path: Path) -> None:
     )  # redelivery
     assert store.add_prediction(prediction("e2", "r2", "7", 0.2, "2026-01-01T00:01:00+00:00"))
     assert store.add_prediction(prediction("e3", "r3", None, 0.4, "2026-01-01T00:02:00+00:00"))
-    store.mark_closed(["e1"])
+    claimed = store.claim_window(("m", "1"), WindowConfig(size=1, seconds=300, min_size=1), 0.0)
+    assert claimed is not None and [o.event_id for o in claimed.observations] == ["e1"]
     assert [p.event_id for p in store.open_predictions()] == ["e2", "e3"]
     touched = store.join_labels(
         [("request_id", "r1", 1), ("udi", "7", 0), ("request_id", "nope", 1)], "labels/a.csv"
@@ -101,6 +157,16 @@ def test_store_dedupes_joins_labels_and_rebuilds(tmp_path: Path) -> None:
     store.join_labels([("request_id", "r1", 1), ("udi", "7", 0)], "labels/a.csv")
     rows = store.labelled_window("m", "1", 10)
     assert sorted((r.probability, r.truth) for r in rows) == [(0.2, 0), (0.9, 1)]
+    # a second replica (or a restarted pod) on the same store sees the same rows
+    other = MonitorStore(store_location)
+    assert [p.event_id for p in other.open_predictions()] == ["e2", "e3"]
+    assert not other.add_prediction(prediction("e2", "r2", "7", 0.2, "2026-01-01T00:01:00+00:00"))
+    assert other.record_rollout_decision("ro1", "promote", "t") and not store.record_rollout_decision(
+        "ro1", "rollback", "t"
+    )
+    assert store.rollout_decision("ro1") == ("promote", "t")
+    other.close()
+    store.close()
 
 
 def test_labels_csv_and_metrics() -> None:

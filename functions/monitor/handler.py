@@ -17,11 +17,12 @@
   once. Shadow rows (the candidate's mirrored answers) are only rollout observations: they
   never join the drift windows or the predictions the labels are joined on.
 
-State: windows live in memory, but every prediction is also in the SQLite store
-(``$FAASPIPE_STATE_DIR/monitor/monitor.db``) with a flag "covered by a closed window"; ``init``
-rebuilds the open windows from it, so a restart loses at most the predictions still in
-flight in the broker (redelivered anyway). One replica (``maxReplicaCount: 1``): the windows
-of a model version must see all of its predictions.
+State: in the store (``store.py``: PostgreSQL at ``FAASPIPE_DATABASE_URL`` on the cluster, else
+SQLite at ``$FAASPIPE_STATE_DIR/monitor/monitor.db``), never in a replica's memory. The open
+windows are the stored predictions no window covered yet, and a window is claimed by exactly
+one replica when it closes (``windows.py``); the judge of a rollout announces its decision
+once under a fixed event id. So the monitor runs with several replicas, and a restart loses
+at most the predictions still in flight in the broker (redelivered anyway).
 
 Redelivery: the runtime drops duplicate events and replays the stored reply (idempotent), and
 the store ignores an event id it already has, so a prediction never counts twice.
@@ -54,7 +55,7 @@ from functions.monitor.performance import (
     parse_labels_csv,
 )
 from functions.monitor.store import MonitorStore, RolloutObservation, StoredPrediction
-from functions.monitor.windows import ClosedWindow, Observation, WindowConfig, Windows
+from functions.monitor.windows import ClosedWindow, WindowConfig, Windows
 from shared import layout, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
@@ -62,6 +63,7 @@ from shared.emit import emit
 from shared.errors import EventRejected
 from shared.registry_alias import RegistryClient
 from shared.rollout import ROLLOUT_TAG, Rollout
+from shared.sqldb import DATABASE_URL_ENV
 
 log = logging.getLogger("faaspipe.monitor")
 
@@ -87,32 +89,18 @@ class Monitor:
         self.contract = contract
         self.p_val = p_val
         self.s3 = settings.s3_client()
-        self.windows = Windows(WindowConfig.from_env())
         self.performance = PerformanceConfig.from_env()
         self.store = MonitorStore(
-            state_dir / "monitor" / "monitor.db",
+            os.environ.get(DATABASE_URL_ENV) or state_dir / "monitor" / "monitor.db",
             int(os.environ.get("FAASPIPE_MONITOR_KEEP_PREDICTIONS", "100000")),
         )
+        self.windows = Windows(WindowConfig.from_env(), self.store)
         self.references = ReferenceCache(self.s3, contract, p_val)
         self._meta: dict[tuple[str, str], dict[str, Any]] = {}
-        self._backlog: list[ClosedWindow] = []  # windows closed while rebuilding, checked by the timer
         self._stop = threading.Event()
         self._registry_client: RegistryClient | None = None
 
     # ------------------------------------------------------------------ predictions
-    def rebuild_windows(self) -> None:
-        """Refill open windows from stored predictions no closed window covered yet."""
-        pending = self.store.open_predictions()
-        for stored in pending:
-            closed = self.windows.add(
-                (stored.model_name, stored.model_version),
-                Observation(stored.event_id, datetime.fromisoformat(stored.predicted_at), stored.inputs),
-            )
-            if closed is not None:
-                self._backlog.append(closed)
-        if pending:
-            log.info("rebuilt open windows from %d stored predictions: %s", len(pending), self.windows.fill())
-
     def on_prediction(self, event: CloudEvent) -> None:
         """Record one logged prediction; a window it closes is checked and drift emitted.
 
@@ -140,9 +128,7 @@ class Monitor:
             PREDICTIONS.labels("duplicate").inc()
             return
         PREDICTIONS.labels("new").inc()
-        key = (logged.model_name, logged.model_version)
-        closed = self.windows.add(key, Observation(event.get_id(), predicted_at, stored.inputs))
-        WINDOW_FILL.labels(*key).set(self.windows.fill().get(key, 0))
+        closed = self.windows.after_insert((logged.model_name, logged.model_version))
         if closed is not None:
             self._emit_if_drift(closed)
 
@@ -157,7 +143,6 @@ class Monitor:
                 self.windows.config.min_size,
             )
             CHECKS.labels(*labels, "feature", "expired").inc()
-            self.store.mark_closed(o.event_id for o in window.observations)
             return None
         started = time.perf_counter()
         try:
@@ -165,7 +150,6 @@ class Monitor:
         except S3Error as exc:
             log.warning("no drift reference for %s v%s (%s); window of %d skipped", *labels, exc, window.size)
             CHECKS.labels(*labels, "feature", "no_reference").inc()
-            self.store.mark_closed(o.event_id for o in window.observations)
             return None
         rows = [o.inputs for o in window.observations]
         try:
@@ -173,11 +157,8 @@ class Monitor:
         except (KeyError, ValueError) as exc:
             log.warning("window of %s v%s has unusable inputs (%s); skipped", *labels, exc)
             CHECKS.labels(*labels, "feature", "bad_inputs").inc()
-            self.store.mark_closed(o.event_id for o in window.observations)
             return None
         CHECK_SECONDS.labels("feature").observe(time.perf_counter() - started)
-        self.store.mark_closed(o.event_id for o in window.observations)
-        WINDOW_FILL.labels(*labels).set(self.windows.fill().get(labels, 0))
         outcome = "drift" if result.is_drift else "no_drift"
         CHECKS.labels(*labels, "feature", outcome).inc()
         log.info(
@@ -219,9 +200,10 @@ class Monitor:
             emit(event)
 
     def flush_due_windows(self) -> None:
-        """Check windows whose time is up although no new prediction arrived (and the backlog)."""
-        backlog, self._backlog = self._backlog, []
-        for window in backlog + self.windows.due():
+        """Check windows whose time is up although no new prediction arrived."""
+        for key, count in self.windows.fill().items():
+            WINDOW_FILL.labels(*key).set(count)
+        for window in self.windows.due():
             try:
                 self._emit_if_drift(window)
             except Exception:  # noqa: BLE001 - the timer must keep running
@@ -434,7 +416,6 @@ def init() -> None:
     contract = get_contract(os.environ.get("FAASPIPE_DATASET", "ai4i"))
     state_dir = Path(os.environ.get("FAASPIPE_STATE_DIR", ".faaspipe"))
     monitor = Monitor(contract, state_dir, float(os.environ.get("FAASPIPE_DRIFT_P_VAL", "0.05")))
-    monitor.rebuild_windows()
     threading.Thread(target=monitor.run_timer, name="drift-timer", daemon=True).start()
     threading.Thread(target=monitor.run_rollout_timer, name="rollout-judge", daemon=True).start()
     _monitor = monitor

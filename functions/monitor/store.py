@@ -1,31 +1,37 @@
-"""The monitor's small SQLite store under ``$FAASPIPE_STATE_DIR/monitor/``.
+"""The monitor's store: SQLite under ``$FAASPIPE_STATE_DIR/monitor/`` locally, or PostgreSQL
+when ``FAASPIPE_DATABASE_URL`` is set (the cluster: a pod's filesystem is lost on restart).
 
-* ``predictions``: the last N logged predictions (keyed by event id, so a redelivered event
-  is recognised), with request id / entity id for the label join, their raw inputs, and
+* ``monitor_predictions``: the last N logged predictions (keyed by event id, so a redelivered
+  event is recognised), with request id / entity id for the label join, their raw inputs, and
   whether a drift window already covered them. Rows not yet in a closed window rebuild the
   open windows after a restart, so a restart loses no window.
-* ``labelled``: predictions joined with ground truth from labels files (one row per
+* ``monitor_labelled``: predictions joined with ground truth from labels files (one row per
   prediction; a re-delivered labels file overwrites, never double-counts).
-* ``rollout_observations``: the rows of a running rollout (champion, candidate and shadow
-  answers, candidate failures; keyed by event id), with the truth a labels file gave their
-  request; shadow rows live only here, never in ``predictions``.
-* ``rollout_decisions``: the rollouts the monitor decided, so each is announced once, also
-  across restarts.
+* ``monitor_rollout_observations``: the rows of a running rollout (champion, candidate and
+  shadow answers, candidate failures; keyed by event id), with the truth a labels file gave
+  their request; shadow rows live only here, never in ``monitor_predictions``.
+* ``monitor_rollout_decisions``: the rollouts the monitor decided, so each is announced once,
+  also across restarts and replicas (the first insert wins).
+
+The SQL is written once for both databases (``shared/sqldb.py``); ``seq`` orders rows.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterable
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from functions.monitor.windows import ClosedWindow, ModelKey, Observation, WindowConfig
+from shared.sqldb import connect
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    event_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS monitor_predictions (
+    seq {serial},
+    event_id TEXT NOT NULL UNIQUE,
     request_id TEXT NOT NULL,
     entity_id TEXT,
     model_name TEXT NOT NULL,
@@ -34,13 +40,16 @@ CREATE TABLE IF NOT EXISTS predictions (
     label INTEGER NOT NULL,
     predicted_at TEXT NOT NULL,
     inputs TEXT NOT NULL,
+    stored_at REAL NOT NULL,
     in_closed_window INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
-CREATE INDEX IF NOT EXISTS predictions_entity ON predictions(entity_id);
-CREATE INDEX IF NOT EXISTS predictions_open ON predictions(in_closed_window);
-CREATE TABLE IF NOT EXISTS labelled (
-    event_id TEXT PRIMARY KEY,
+CREATE INDEX IF NOT EXISTS monitor_predictions_request ON monitor_predictions(request_id);
+CREATE INDEX IF NOT EXISTS monitor_predictions_entity ON monitor_predictions(entity_id);
+CREATE INDEX IF NOT EXISTS monitor_predictions_open
+    ON monitor_predictions(in_closed_window, model_name, model_version, seq);
+CREATE TABLE IF NOT EXISTS monitor_labelled (
+    seq {serial},
+    event_id TEXT NOT NULL UNIQUE,
     model_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
     probability REAL NOT NULL,
@@ -49,9 +58,10 @@ CREATE TABLE IF NOT EXISTS labelled (
     predicted_at TEXT NOT NULL,
     labels_object TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS labelled_model ON labelled(model_name, model_version, predicted_at);
-CREATE TABLE IF NOT EXISTS rollout_observations (
-    event_id TEXT PRIMARY KEY,
+CREATE INDEX IF NOT EXISTS monitor_labelled_model ON monitor_labelled(model_name, model_version, predicted_at);
+CREATE TABLE IF NOT EXISTS monitor_rollout_observations (
+    seq {serial},
+    event_id TEXT NOT NULL UNIQUE,
     rollout_id TEXT NOT NULL,
     model_name TEXT NOT NULL,
     variant TEXT NOT NULL,
@@ -62,14 +72,18 @@ CREATE TABLE IF NOT EXISTS rollout_observations (
     observed_at TEXT NOT NULL,
     truth INTEGER
 );
-CREATE INDEX IF NOT EXISTS rollout_observations_rollout ON rollout_observations(rollout_id);
-CREATE INDEX IF NOT EXISTS rollout_observations_request ON rollout_observations(request_id);
-CREATE TABLE IF NOT EXISTS rollout_decisions (
+CREATE INDEX IF NOT EXISTS monitor_rollout_observations_rollout ON monitor_rollout_observations(rollout_id);
+CREATE INDEX IF NOT EXISTS monitor_rollout_observations_request ON monitor_rollout_observations(request_id);
+CREATE TABLE IF NOT EXISTS monitor_rollout_decisions (
     rollout_id TEXT PRIMARY KEY,
     decision TEXT NOT NULL,
     decided_at TEXT NOT NULL
-);
+)
 """
+
+
+class _LostClaim(Exception):
+    """Another replica claimed some of a window's rows first."""
 
 
 @dataclass(frozen=True)
@@ -108,66 +122,106 @@ class RolloutObservation:
 
 
 class MonitorStore:
-    def __init__(self, path: Path, keep_predictions: int = 100_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    def __init__(self, where: Path | str, keep_predictions: int = 100_000) -> None:
+        """``where``: a SQLite file, or a ``postgresql://`` URL (``shared/sqldb.py``)."""
+        self.db = connect(where)
         self.keep = keep_predictions
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self.db.script(SCHEMA.format(serial=self.db.serial))
         self._inserts = 0
 
-    def add_prediction(self, p: StoredPrediction) -> bool:
-        """Store a prediction; False if this event id is already stored (a redelivery)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO predictions (event_id, request_id, entity_id, model_name, model_version,"
-                " probability, label, predicted_at, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    p.event_id,
-                    p.request_id,
-                    p.entity_id,
-                    p.model_name,
-                    p.model_version,
-                    p.probability,
-                    p.label,
-                    p.predicted_at,
-                    json.dumps(p.inputs),
-                ),
-            )
-            self._inserts += 1
-            if self._inserts % 1000 == 0:
-                self._prune()
-            return cursor.rowcount == 1
+    def add_prediction(self, p: StoredPrediction, stored_at: float | None = None) -> bool:
+        """Store a prediction; False if this event id is already stored (a redelivery).
+
+        ``stored_at`` (wall-clock seconds, default now) starts the window it opens."""
+        _, count = self.db.execute(
+            "INSERT INTO monitor_predictions (event_id, request_id, entity_id, model_name, model_version,"
+            " probability, label, predicted_at, inputs, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (
+                p.event_id,
+                p.request_id,
+                p.entity_id,
+                p.model_name,
+                p.model_version,
+                p.probability,
+                p.label,
+                p.predicted_at,
+                json.dumps(p.inputs),
+                time.time() if stored_at is None else stored_at,
+            ),
+        )
+        self._count_insert()
+        return count == 1
+
+    def _count_insert(self) -> None:
+        self._inserts += 1
+        if self._inserts % 1000 == 0:
+            self._prune()
 
     def _prune(self) -> None:
-        self._db.execute(
-            "DELETE FROM predictions WHERE rowid <= (SELECT MAX(rowid) FROM predictions) - ?", (self.keep,)
-        )
-        for table in ("labelled", "rollout_observations"):
-            self._db.execute(
-                f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?",  # noqa: S608
+        for table in ("monitor_predictions", "monitor_labelled", "monitor_rollout_observations"):
+            self.db.execute(
+                f"DELETE FROM {table} WHERE seq <= (SELECT MAX(seq) FROM {table}) - ?",  # noqa: S608
                 (self.keep,),
             )
 
-    def mark_closed(self, event_ids: Iterable[str]) -> None:
-        ids = list(event_ids)
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "UPDATE predictions SET in_closed_window = 1 WHERE event_id = ?", [(i,) for i in ids]
+    def open_counts(self) -> dict[ModelKey, tuple[int, float]]:
+        """Per model version with open rows: (rows no window covered yet, when the first was stored)."""
+        rows, _ = self.db.execute(
+            "SELECT model_name, model_version, COUNT(*), MIN(stored_at) FROM monitor_predictions"
+            " WHERE in_closed_window = 0 GROUP BY model_name, model_version"
+        )
+        return {(str(m), str(v)): (int(n), float(first)) for m, v, n, first in rows}
+
+    def claim_window(self, key: ModelKey, config: WindowConfig, now: float) -> ClosedWindow | None:
+        """Close ``key``'s open window if it is due, for this caller only.
+
+        In one transaction: read the open rows (oldest first, at most ``config.size``), decide
+        (``WindowConfig.reason_to_close``), and mark them covered only where no one else did;
+        if another replica claimed any of them meanwhile, nothing is claimed (it checks them).
+        """
+        try:
+            rows, reason = self._claim(key, config, now)
+        except _LostClaim:
+            return None
+        if not rows or reason is None:
+            return None
+        observations = tuple(
+            Observation(str(r[1]), datetime.fromisoformat(str(r[2])), json.loads(r[3])) for r in rows
+        )
+        return ClosedWindow(key[0], key[1], observations, reason)
+
+    def _claim(
+        self, key: ModelKey, config: WindowConfig, now: float
+    ) -> tuple[list[tuple[Any, ...]], str | None]:
+        with self.db.transaction():
+            rows, _ = self.db.execute(
+                "SELECT seq, event_id, predicted_at, inputs, stored_at FROM monitor_predictions"
+                " WHERE in_closed_window = 0 AND model_name = ? AND model_version = ? ORDER BY seq LIMIT ?",
+                (key[0], key[1], config.size),
             )
-            self._db.execute("COMMIT")
+            if not rows:
+                return rows, None
+            reason = config.reason_to_close(len(rows), now - min(float(r[4]) for r in rows))
+            if reason is None:
+                return rows, None
+            seqs = [r[0] for r in rows]
+            marks = ",".join("?" * len(seqs))
+            _, claimed = self.db.execute(
+                f"UPDATE monitor_predictions SET in_closed_window = 1"  # noqa: S608
+                f" WHERE in_closed_window = 0 AND seq IN ({marks})",
+                seqs,
+            )
+            if claimed != len(seqs):
+                raise _LostClaim  # rolls the transaction back: another replica has these rows
+        return rows, reason
 
     def open_predictions(self) -> list[StoredPrediction]:
         """Predictions no closed window covered yet, oldest first (to rebuild windows)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, request_id, entity_id, model_name, model_version, probability, label,"
-                " predicted_at, inputs FROM predictions WHERE in_closed_window = 0 ORDER BY rowid"
-            ).fetchall()
+        rows, _ = self.db.execute(
+            "SELECT event_id, request_id, entity_id, model_name, model_version, probability, label,"
+            " predicted_at, inputs FROM monitor_predictions WHERE in_closed_window = 0 ORDER BY seq"
+        )
         return [StoredPrediction(*row[:8], inputs=json.loads(row[8])) for row in rows]
 
     def join_labels(self, labels: list[tuple[str, str, int]], labels_object: str) -> set[tuple[str, str]]:
@@ -176,111 +230,102 @@ class MonitorStore:
         Returns the (model, version) pairs that got labelled rows.
         """
         touched: set[tuple[str, str]] = set()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for kind, key, truth in labels:
-                    column = "request_id" if kind == "request_id" else "entity_id"
-                    row = self._db.execute(
-                        f"SELECT event_id, model_name, model_version, probability, label, predicted_at,"  # noqa: S608
-                        f" request_id FROM predictions WHERE {column} = ?"
-                        " ORDER BY predicted_at DESC, rowid DESC LIMIT 1",
-                        (key,),
-                    ).fetchone()
-                    request_id = key if kind == "request_id" else None if row is None else row[6]
-                    if request_id is not None:
-                        self._db.execute(
-                            "UPDATE rollout_observations SET truth = ? WHERE request_id = ?",
-                            (truth, request_id),
-                        )
-                    if row is None:
-                        continue
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO labelled (event_id, model_name, model_version, probability, label,"
-                        " truth, predicted_at, labels_object) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*row[:5], truth, row[5], labels_object),
+        with self.db.transaction():
+            for kind, key, truth in labels:
+                column = "request_id" if kind == "request_id" else "entity_id"
+                found, _ = self.db.execute(
+                    f"SELECT event_id, model_name, model_version, probability, label, predicted_at,"  # noqa: S608
+                    f" request_id FROM monitor_predictions WHERE {column} = ?"
+                    " ORDER BY predicted_at DESC, seq DESC LIMIT 1",
+                    (key,),
+                )
+                row = found[0] if found else None
+                request_id = key if kind == "request_id" else None if row is None else row[6]
+                if request_id is not None:
+                    self.db.execute(
+                        "UPDATE monitor_rollout_observations SET truth = ? WHERE request_id = ?",
+                        (truth, request_id),
                     )
-                    touched.add((row[1], row[2]))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                if row is None:
+                    continue
+                self.db.execute(
+                    "INSERT INTO monitor_labelled (event_id, model_name, model_version, probability, label,"
+                    " truth, predicted_at, labels_object) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (event_id) DO UPDATE SET model_name = excluded.model_name,"
+                    " model_version = excluded.model_version, probability = excluded.probability,"
+                    " label = excluded.label, truth = excluded.truth, predicted_at = excluded.predicted_at,"
+                    " labels_object = excluded.labels_object",
+                    (*row[:5], truth, row[5], labels_object),
+                )
+                touched.add((row[1], row[2]))
         return touched
 
     def labelled_window(self, model_name: str, model_version: str, size: int) -> list[LabelledRow]:
         """The latest ``size`` labelled predictions of a model version."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT probability, label, truth, predicted_at FROM labelled WHERE model_name = ? AND"
-                " model_version = ? ORDER BY predicted_at DESC LIMIT ?",
-                (model_name, model_version, size),
-            ).fetchall()
+        rows, _ = self.db.execute(
+            "SELECT probability, label, truth, predicted_at FROM monitor_labelled WHERE model_name = ? AND"
+            " model_version = ? ORDER BY predicted_at DESC LIMIT ?",
+            (model_name, model_version, size),
+        )
         return [LabelledRow(*row) for row in rows]
 
     # ------------------------------------------------------------------ rollouts
     def add_rollout_observation(self, o: RolloutObservation) -> bool:
         """Store a rollout row; False if this event id is already stored (a redelivery)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO rollout_observations (event_id, rollout_id, model_name, variant,"
-                " request_id, probability, latency_ms, candidate_error, observed_at, truth)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    o.event_id,
-                    o.rollout_id,
-                    o.model_name,
-                    o.variant,
-                    o.request_id,
-                    o.probability,
-                    o.latency_ms,
-                    int(o.candidate_error),
-                    o.observed_at,
-                    o.truth,
-                ),
-            )
-            self._inserts += 1
-            if self._inserts % 1000 == 0:
-                self._prune()
-            return cursor.rowcount == 1
+        _, count = self.db.execute(
+            "INSERT INTO monitor_rollout_observations (event_id, rollout_id, model_name, variant,"
+            " request_id, probability, latency_ms, candidate_error, observed_at, truth)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                o.event_id,
+                o.rollout_id,
+                o.model_name,
+                o.variant,
+                o.request_id,
+                o.probability,
+                o.latency_ms,
+                int(o.candidate_error),
+                o.observed_at,
+                o.truth,
+            ),
+        )
+        self._count_insert()
+        return count == 1
 
     def rollout_observations(self, rollout_id: str) -> list[RolloutObservation]:
         """Every stored row of a rollout, oldest first, with the truth of labelled requests."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT event_id, rollout_id, model_name, variant, request_id, probability, latency_ms,"
-                " candidate_error, observed_at, truth FROM rollout_observations WHERE rollout_id = ?"
-                " ORDER BY rowid",
-                (rollout_id,),
-            ).fetchall()
+        rows, _ = self.db.execute(
+            "SELECT event_id, rollout_id, model_name, variant, request_id, probability, latency_ms,"
+            " candidate_error, observed_at, truth FROM monitor_rollout_observations WHERE rollout_id = ?"
+            " ORDER BY seq",
+            (rollout_id,),
+        )
         return [RolloutObservation(*row[:7], bool(row[7]), *row[8:]) for row in rows]
 
     def undecided_rollouts(self) -> list[tuple[str, str]]:
         """``(rollout id, model name)`` of the rollouts with observations and no decision yet."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT DISTINCT o.rollout_id, o.model_name FROM rollout_observations o"
-                " LEFT JOIN rollout_decisions d ON d.rollout_id = o.rollout_id"
-                " WHERE d.rollout_id IS NULL ORDER BY o.rollout_id"
-            ).fetchall()
+        rows, _ = self.db.execute(
+            "SELECT DISTINCT o.rollout_id, o.model_name FROM monitor_rollout_observations o"
+            " LEFT JOIN monitor_rollout_decisions d ON d.rollout_id = o.rollout_id"
+            " WHERE d.rollout_id IS NULL ORDER BY o.rollout_id"
+        )
         return [(str(r), str(m)) for r, m in rows]
 
     def record_rollout_decision(self, rollout_id: str, decision: str, decided_at: str) -> bool:
         """Remember a rollout's decision; False if it was already decided (the first one stays)."""
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO rollout_decisions (rollout_id, decision, decided_at) VALUES (?, ?, ?)",
-                (rollout_id, decision, decided_at),
-            )
-            return cursor.rowcount == 1
+        _, count = self.db.execute(
+            "INSERT INTO monitor_rollout_decisions (rollout_id, decision, decided_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (rollout_id, decision, decided_at),
+        )
+        return count == 1
 
     def rollout_decision(self, rollout_id: str) -> tuple[str, str] | None:
         """``(decision, decided_at)`` of a decided rollout, else None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT decision, decided_at FROM rollout_decisions WHERE rollout_id = ?", (rollout_id,)
-            ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+        rows, _ = self.db.execute(
+            "SELECT decision, decided_at FROM monitor_rollout_decisions WHERE rollout_id = ?", (rollout_id,)
+        )
+        return None if not rows else (str(rows[0][0]), str(rows[0][1]))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
