@@ -65,6 +65,16 @@ def notified_prefixes(config: StackConfig) -> list[str]:
     return [f"/buckets/{b.strip()}/" for b in buckets if b.strip()] or ["/buckets/landing/"]
 
 
+def _notifier_token(config: StackConfig) -> str:
+    """Auth on: the filer webhook calls object-events through the gateway with its own identity."""
+    if not config.auth.enabled:
+        return ""  # no bearer_token line at all
+    from shared.auth.identity import NOTIFIER, service_account_subject
+    from shared.auth.local import WORKLOAD_TTL_S
+
+    return f'bearer_token = "{config.auth.mint(service_account_subject(NOTIFIER), WORKLOAD_TTL_S)}"\n'
+
+
 def seaweedfs(config: StackConfig) -> Child:
     """SeaweedFS ``weed mini``: S3 API, with the filer webhook posting to object-events."""
     home = config.state_dir / "seaweedfs"
@@ -85,7 +95,8 @@ def seaweedfs(config: StackConfig) -> Child:
         "enabled = true\n"
         f'endpoint = "{config.function_url("object-events")}"\n'
         "timeout_seconds = 10\nmax_retries = 10\nbackoff_seconds = 1\nmax_backoff_seconds = 30\n"
-        'event_types = ["create", "update", "rename"]\n'
+        + _notifier_token(config)
+        + 'event_types = ["create", "update", "rename"]\n'
         f"path_prefixes = {json.dumps(notified_prefixes(config))}\n"
     )
     p = config.ports
@@ -177,14 +188,19 @@ def dispatcher(config: StackConfig) -> Child:
 
 
 def function_replica(config: StackConfig, fn: Function, index: int, port: int) -> Child:
-    # --concurrency: on Knative the queue-proxy enforces containerConcurrency (function_runtime.py)
-    argv = [
-        str(python_for(fn.environment)),
-        "-m",
-        "shared.runtime",
-        *function_args(fn, port=port, concurrency=True),
-    ]
-    env = {**config.function_env(), **function_env(fn)}
+    if config.replicas_from == "manifests":  # as its Knative Service runs it (from_manifests.py)
+        from localdev.from_manifests import manifest_replica
+
+        argv, env = manifest_replica(config, fn, port)
+    else:
+        # --concurrency: on Knative the queue-proxy enforces containerConcurrency (function_runtime.py)
+        argv = [
+            str(python_for(fn.environment)),
+            "-m",
+            "shared.runtime",
+            *function_args(fn, port=port, concurrency=True),
+        ]
+        env = {**config.function_env(), **function_env(fn)}
     # A gRPC replica binds its port once set up (shared/grpc_server.py): an open port is ready.
     health_url = None if fn.kind == "grpc" else f"http://127.0.0.1:{port}/health/readiness"
     return _child(

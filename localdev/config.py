@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from shared.auth.bearer import AUTH_ENV, auth_enabled
+from shared.auth.local import StackAuth
 from shared.function_runtime import Services, platform_env, secret_env
 from shared.topology import DEFAULT_FUNCTION_DIRS, REPO_ROOT
 
@@ -42,6 +44,7 @@ DEFAULT_PORT_BASE = 17000
 # ephemeral range. A port the kernel handed out (bind to 0) and gunicorn bound a moment later
 # was taken in between by an outgoing connection, failing a stack's start in the test suite.
 REPLICA_PORT_OFFSETS = range(100, 500)
+BIND_HOST = "127.0.0.1"  # every local listener: loopback only, so FAASPIPE_AUTH=auto means off
 DEFAULT_BUCKETS = ("landing", "quarantine", "features", "models", "predictions", "mlflow", "tansu")
 
 
@@ -55,11 +58,14 @@ class StackConfig:
     mlflow_backend_uri: str | None = None  # None → SQLite in the state dir
     idempotency_url: str | None = None  # None → SQLite in the state dir; redis://… supported
     feast_redis: str | None = None  # None → Feast online store in SQLite; "host:port[,db=N]" → Redis
+    database_url: str | None = None  # None → SQLite files; postgresql://… (Feast registry, monitor)
+    replicas_from: str = "topology"  # or "manifests": each replica as its rendered Knative Service
     access_key: str = "faaspipe"
     secret_key: str = "faaspipe-secret"
     buckets: tuple[str, ...] = DEFAULT_BUCKETS
     function_dirs: tuple[Path, ...] = DEFAULT_FUNCTION_DIRS
     start_timeout_s: float = 180.0
+    auth_mode: str = "auto"  # FAASPIPE_AUTH: on | off | auto (on unless bound to loopback)
 
     broker_topic: str = "faaspipe.broker"
     dlq_topic: str = "faaspipe.dlq"
@@ -96,6 +102,11 @@ class StackConfig:
         return f"{self.url('gateway')}/{function}/"
 
     @property
+    def auth(self) -> StackAuth:
+        """Bearer tokens on the ingress, gateway and control API (shared/auth), on or off."""
+        return StackAuth(self.state_dir, auth_enabled(self.auth_mode, BIND_HOST))
+
+    @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
@@ -119,6 +130,8 @@ class StackConfig:
             function_url_template=self.url("gateway") + "/{name}/",
             state_dir=str(self.state_dir),
             feast_redis=self.feast_redis,
+            database_url=self.database_url,
+            token_dir=str(self.auth.token_dir),
         )
 
     def function_env(self) -> dict[str, str]:
@@ -127,7 +140,7 @@ class StackConfig:
         cluster gives otherwise: ``K_SINK`` (a SinkBinding there) and ``PYTHONPATH`` (the image)."""
         return {
             **platform_env(self.services),
-            **secret_env(self.access_key, self.secret_key),
+            **secret_env(self.access_key, self.secret_key, self.database_url),
             "K_SINK": self.ingress_url,
             "PYTHONPATH": str(REPO_ROOT),
         }
@@ -170,8 +183,11 @@ class StackConfig:
             mlflow_backend_uri=env.get("FAASPIPE_MLFLOW_BACKEND_URI") or None,
             idempotency_url=env.get("FAASPIPE_IDEMPOTENCY_URL") or None,
             feast_redis=env.get("FAASPIPE_FEAST_REDIS") or None,
+            database_url=env.get("FAASPIPE_DATABASE_URL") or None,
+            replicas_from=env.get("FAASPIPE_REPLICAS_FROM") or "topology",
             function_dirs=tuple(Path(p) for p in dirs.split(os.pathsep)) if dirs else DEFAULT_FUNCTION_DIRS,
             start_timeout_s=float(env.get("FAASPIPE_START_TIMEOUT_S") or 180.0),
+            auth_mode=env.get(AUTH_ENV) or "auto",
         )
 
 
@@ -204,12 +220,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024), "int", "stack", minimum=1),
     Setting("FAASPIPE_LOG_LEVEL", "INFO", "loglevel", "stack"),
     Setting("FAASPIPE_STRICT_TYPES", "0", "choice", "stack", choices=("0", "1", "true", "false")),
+    Setting("FAASPIPE_AUTH", "auto", "choice", "stack", choices=("auto", "on", "off")),
+    Setting("FAASPIPE_REPLICAS_FROM", "topology", "choice", "stack", choices=("topology", "manifests")),
     Setting("FAASPIPE_AI4I_CSV", "../shared/datasets/ai4i2020.csv", "text", "stack"),
     # services (each checked for reachability by `faaspipe up`)
     Setting("FAASPIPE_MLFLOW_BACKEND_URI", "sqlite:///<state>/mlflow.db", "url", "service"),
     Setting("FAASPIPE_IDEMPOTENCY_URL", "sqlite:///<state>/idempotency.db", "url", "service"),
     Setting("FAASPIPE_IDEMPOTENCY_LEASE_S", "5", "float", "service", minimum=0.001),
     Setting("FAASPIPE_FEAST_REDIS", "unset: SQLite <state>/feast/online.db", "url", "service"),
+    Setting("FAASPIPE_DATABASE_URL", "unset: SQLite files under <state>/", "url", "service"),
     # functions (function.yaml `env` wins over the shell's value)
     Setting("FAASPIPE_DATASET", "ai4i", "text", "function"),
     Setting("FAASPIPE_OBJECT_EVENTS_BUCKETS", "landing", "text", "function"),
@@ -254,4 +273,5 @@ PLATFORM_SET = (
     "FAASPIPE_FUNCTION",
     "K_SINK",
     "MLFLOW_TRACKING_URI",
+    "FAASPIPE_AUTH_TOKEN_DIR",
 )

@@ -11,6 +11,12 @@ Headers follow RFC 9110 §7.6.1: hop-by-hop fields (``Connection`` and every fie
 the replica's ``Date`` and ``Server`` are kept, once. Bodies up to ``BUFFER_LIMIT`` are
 buffered (so a request can be retried on another replica when the first refuses the
 connection); larger ones stream through in both directions.
+
+With auth on (``verifier`` given), a call to a function needs ``Authorization: Bearer``: no or
+an invalid token is ``401`` and nothing reaches a replica. The gateway authenticates; it does
+not authorise per function (Knative Serving has no per-caller policy either). It forwards the
+verified subject in ``X-Faaspipe-Subject`` (any value the client sent is dropped first, so a
+function may trust it) and drops the token itself: a function never sees a caller's credential.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from localdev.aio import LoopThread, Site
+from shared.auth import AuthError
+from shared.auth.bearer import SUBJECT_HEADER, authenticate
+from shared.auth.tokens import TokenVerifier
 
 log = logging.getLogger("faaspipe.gateway")
 
@@ -108,9 +117,12 @@ class Gateway:
         max_held: int = 256,
         timeout_s: float = 900.0,
         windows: Mapping[str, tuple[float, float]] | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
-        """``windows``: function → (stable, panic) KPA window in seconds; others get the defaults."""
+        """``windows``: function → (stable, panic) KPA window in seconds; others get the defaults.
+        ``verifier``: bearer tokens required (auth on); None: no authentication."""
         self.port = port
+        self.verifier = verifier
         self.resolve = resolve
         self.demand = demand
         self.hold_s = hold_s
@@ -199,6 +211,14 @@ class Gateway:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         function = request.match_info["function"]
         rest = request.match_info.get("rest", "")
+        subject = None
+        if self.verifier is not None:
+            try:
+                subject = authenticate(request.headers, self.verifier).sub
+            except AuthError as exc:
+                return web.json_response(
+                    {"error": str(exc)}, status=exc.status, headers={"WWW-Authenticate": "Bearer"}
+                )
         replicas = await self.pick(function)
         if replicas is None:
             return web.json_response({"error": f"no function named {function!r}"}, status=404)
@@ -215,17 +235,22 @@ class Gateway:
             stats.in_flight += 1
             stats.last_request = time.monotonic()
         try:
-            return await self._send_to(request, function, rest, replicas)
+            return await self._send_to(request, function, rest, replicas, subject)
         finally:
             with stats.lock:
                 stats.in_flight -= 1
                 stats.last_request = time.monotonic()
 
     async def _send_to(
-        self, request: web.Request, function: str, rest: str, replicas: list[str]
+        self, request: web.Request, function: str, rest: str, replicas: list[str], subject: str | None = None
     ) -> web.StreamResponse:
         assert self._session is not None
-        headers = forwarded_headers(request.headers, drop=frozenset({"host", "content-length"}))
+        drop = {"host", "content-length", SUBJECT_HEADER.lower()}
+        if self.verifier is not None:
+            drop.add("authorization")
+        headers = forwarded_headers(request.headers, drop=frozenset(drop))
+        if subject is not None:
+            headers[SUBJECT_HEADER] = subject
         length = request.content_length
         streamed = request.body_exists and (length is None or length > BUFFER_LIMIT)
         body: object = request.content.iter_chunked(64 * 1024) if streamed else await request.read()

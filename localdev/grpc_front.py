@@ -25,12 +25,17 @@ from typing import Any
 import grpc
 
 from localdev.gateway import Gateway
+from shared.auth import AuthError
+from shared.auth.bearer import SUBJECT_HEADER, authenticate
 
 log = logging.getLogger("faaspipe.grpc_front")
 
 # metadata gRPC itself manages: never forwarded
 RESERVED_METADATA = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"})
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# the caller's credential and any subject it claims: never forwarded (the verified one is added)
+AUTH_METADATA = frozenset({"authorization", SUBJECT_HEADER.lower()})
+NOT_FORWARDED = RESERVED_METADATA | AUTH_METADATA
 
 
 def _identity(data: bytes) -> bytes:
@@ -89,6 +94,18 @@ class GrpcFront(grpc.GenericRpcHandler):
         )
 
     # --- forwarding ------------------------------------------------------------------
+    def _authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """The gateway's rule over gRPC: with auth on, ``authorization: Bearer`` metadata is
+        required (``UNAUTHENTICATED`` otherwise); the token stays here, the subject goes on."""
+        if self.gateway.verifier is None:
+            return None
+        headers = {item.key: str(item.value) for item in context.invocation_metadata() or ()}
+        try:
+            return authenticate(headers, self.gateway.verifier).sub
+        except AuthError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this line is never reached
+
     def _replicas(self, function: str) -> list[str]:
         """Ready replicas as host:port, rotated; held up to the gateway's hold time."""
         replicas = self.gateway.resolve(function) or []
@@ -138,6 +155,7 @@ class GrpcFront(grpc.GenericRpcHandler):
             return channel
 
     def _forward(self, function: str, method: str, request: bytes, context: grpc.ServicerContext) -> Any:
+        subject = self._authenticate(context)  # auth on: before a replica is looked for (as the gateway)
         targets = self._replicas(function)
         if not targets:
             context.abort(
@@ -148,8 +166,10 @@ class GrpcFront(grpc.GenericRpcHandler):
         metadata = [
             (item.key, item.value)
             for item in context.invocation_metadata() or ()
-            if item.key not in RESERVED_METADATA and not item.key.startswith(":")
+            if item.key not in NOT_FORWARDED and not item.key.startswith(":")
         ]
+        if subject is not None:  # the verified caller, as the gateway forwards it (shared/auth)
+            metadata.append((SUBJECT_HEADER.lower(), subject))
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > self.gateway.timeout_s else remaining
         stats = self.gateway.stats[function]

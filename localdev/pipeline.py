@@ -17,6 +17,7 @@ from pathlib import Path
 import urllib3
 from minio import Minio
 
+from localdev.actor import cli_authorization
 from localdev.config import StackConfig
 from localdev.event_log import EventLog
 
@@ -55,6 +56,7 @@ def run(config: StackConfig, timeout_s: float = 1800.0, force: bool = False) -> 
             resp = _HTTP.request(
                 "GET",
                 f"{config.function_url('predict')}v2/models/{name}",
+                headers=cli_authorization(config),
                 timeout=urllib3.Timeout(connect=2, read=5),
             )
         except urllib3.exceptions.HTTPError:
@@ -119,7 +121,7 @@ def run_chain(
     url = config.function_url("predict")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        resp = _HTTP.request("GET", f"{url}v2/models/{name}")
+        resp = _HTTP.request("GET", f"{url}v2/models/{name}", headers=cli_authorization(config))
         if resp.status == 200 and json.loads(resp.data).get("versions", [None])[0] == str(data["version"]):
             break
         time.sleep(0.5)

@@ -19,7 +19,7 @@ import urllib3
 from minio import Minio
 
 from events import RolloutDecided, rfc3339
-from localdev.actor import cli_actor
+from localdev.actor import cli_actor, cli_authorization
 from localdev.config import StackConfig
 from shared import layout, settings
 from shared.cloudevents_io import to_http
@@ -90,7 +90,7 @@ def decide(config: StackConfig, model: str, decision: Literal["promote", "rollba
     if rollout is None:
         print(f"{model}: no rollout running; nothing to {decision}", file=sys.stderr)
         return 1
-    who = cli_actor()
+    who = cli_actor(config)
     event = RolloutDecided(
         model_name=model,
         rollout_id=rollout.id,
@@ -111,6 +111,7 @@ def decide(config: StackConfig, model: str, decision: Literal["promote", "rollba
         decided_at=rfc3339(),
     ).to_event(source="/faaspipe/cli", subject=f"{model}/{rollout.candidate}", id=f"{rollout.id}.manual")
     headers, body = to_http(event)
+    headers.update(cli_authorization(config))
     resp = _HTTP.request("POST", config.ingress_url, body=body, headers=headers)
     if resp.status >= 300:
         print(f"the broker refused the decision: {resp.status} {resp.data[:300]!r}", file=sys.stderr)

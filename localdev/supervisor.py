@@ -34,6 +34,9 @@ from localdev.config import StackConfig
 from localdev.gateway import Gateway
 from localdev.grpc_front import GrpcFront
 from localdev.processes import Child, kill_leftovers, pick_port
+from shared.auth import AuthError, Forbidden
+from shared.auth.bearer import authenticate
+from shared.auth.identity import is_admin
 from shared.topology import Function, load_topology
 
 log = logging.getLogger("faaspipe.supervisor")
@@ -79,6 +82,7 @@ class Supervisor:
                 name: (fn.scaling.window_s, fn.scaling.panic_window_s)
                 for name, fn in self.topology.functions.items()
             },
+            verifier=config.auth.verifier() if config.auth.enabled else None,
         )
         self.autoscaler: Autoscaler | None = None
 
@@ -172,6 +176,8 @@ class Supervisor:
 
     def start(self) -> None:
         timeout = self.config.start_timeout_s
+        if self.config.auth.enabled:  # each function's own identity, before any replica starts
+            self.config.auth.write_workload_tokens(self.topology)
         self._start(components.seaweedfs(self.config), 60)
         self._create_buckets()
         with ThreadPoolExecutor(2) as pool:
@@ -342,8 +348,29 @@ class Supervisor:
 
 def control_app(sup: Supervisor) -> web.Application:
     """The control API: ``GET /status``, ``GET /metrics``, ``POST /shutdown``,
-    ``POST /scale/<function>/<replicas>`` (served on the gateway's event loop)."""
+    ``POST /scale/<function>/<replicas>`` (served on the gateway's event loop).
+
+    With auth on every route needs a bearer token (401 without a valid one) of an admin subject,
+    a person (``user:…``): a workload's token is refused (403)."""
     routes = web.RouteTableDef()
+    verifier = sup.config.auth.verifier() if sup.config.auth.enabled else None
+
+    @web.middleware
+    async def admin_only(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if verifier is not None:
+            try:
+                claims = authenticate(request.headers, verifier)
+                if not is_admin(claims.sub):
+                    raise Forbidden(
+                        f"subject {claims.sub!r} may not use the control API (user: subjects may)"
+                    )
+            except AuthError as exc:
+                return web.json_response(
+                    {"error": str(exc)}, status=exc.status, headers={"WWW-Authenticate": "Bearer"}
+                )
+        return await handler(request)
 
     def blocking(call: Callable[[], object]) -> Awaitable[object]:
         return asyncio.get_running_loop().run_in_executor(None, call)
@@ -370,7 +397,7 @@ def control_app(sup: Supervisor) -> web.Application:
         await blocking(lambda: sup.scale_to(function, int(count), "manual (faaspipe scale)"))
         return web.json_response({"function": function, "replicas": int(count)}, status=202)
 
-    app = web.Application()
+    app = web.Application(middlewares=[admin_only])
     app.add_routes(routes)
     return app
 

@@ -10,6 +10,7 @@ import time
 import urllib3
 
 from shared import settings
+from shared.auth.bearer import own_authorization
 from shared.cloudevents_io import CloudEvent, to_http
 
 _HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=15.0))
@@ -22,6 +23,7 @@ class EmitError(RuntimeError):
 def emit(event: CloudEvent, *, attempts: int = 4) -> None:
     """Post ``event`` to the broker; retries on 5xx/connection errors, raises on refusal."""
     headers, body = to_http(event)
+    headers.update(own_authorization())  # the function's own identity (shared/auth), when it has one
     last = ""
     for attempt in range(attempts):
         try:

@@ -10,7 +10,8 @@ The environment comes in three parts:
 
 * :func:`platform_env`: where the services are, the same for every function (on the cluster,
   the ``faaspipe-platform`` ConfigMap);
-* :func:`secret_env`: the object store's credentials (the ``faaspipe-platform`` Secret);
+* :func:`secret_env`: the object store's credentials and the state database's URL (the
+  ``faaspipe-platform`` Secret);
 * :func:`function_env`: the function's own settings (``env:`` in its ``function.yaml``), its
   name, and no idempotency store for a function declared ``idempotent: false``.
 
@@ -32,6 +33,7 @@ SECRET_NAMES = (
     "FAASPIPE_S3_SECRET_KEY",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "FAASPIPE_DATABASE_URL",  # carries the database's password: a secret, not platform config
 )
 FUNCTION_URL_ENV = "FAASPIPE_FUNCTION_URL_TEMPLATE"  # "{name}" → that function's base URL
 # 2-core boxes: OpenMP/BLAS oversubscription costs 10x on small predictions.
@@ -50,6 +52,12 @@ class Services:
     function_url_template: str  # e.g. http://127.0.0.1:17000/{name}/ or http://{name}.ns.svc.cluster.local/
     state_dir: str
     feast_redis: str | None = None  # host:port[,db=N]; None → Feast's online store in SQLite
+    # postgresql://…: Feast's registry and the monitor's store; None → SQLite under state_dir
+    # (localdev only: on the cluster state_dir is a pod's scratch space, lost on restart)
+    database_url: str | None = None
+    # where each function finds its own identity token, <dir>/<function>.jwt (shared/auth): the
+    # local stack's issuer writes them; on the cluster the projected ServiceAccount token
+    token_dir: str | None = None
 
 
 def platform_env(services: Services) -> dict[str, str]:
@@ -66,19 +74,22 @@ def platform_env(services: Services) -> dict[str, str]:
         "FAASPIPE_IDEMPOTENCY_URL": services.idempotency_url,
         FUNCTION_URL_ENV: services.function_url_template,
         **({"FAASPIPE_FEAST_REDIS": services.feast_redis} if services.feast_redis else {}),
+        **({"FAASPIPE_AUTH_TOKEN_DIR": services.token_dir} if services.token_dir else {}),
         **THREADS,
     }
 
 
-def secret_env(access_key: str, secret_key: str) -> dict[str, str]:
-    """The object store's credentials, under the names the S3 clients and MLflow read."""
+def secret_env(access_key: str, secret_key: str, database_url: str | None = None) -> dict[str, str]:
+    """The object store's credentials, under the names the S3 clients and MLflow read, and the
+    state database's URL when there is one (``Services.database_url``)."""
     env = {
         "FAASPIPE_S3_ACCESS_KEY": access_key,
         "FAASPIPE_S3_SECRET_KEY": secret_key,
         "AWS_ACCESS_KEY_ID": access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key,
+        **({"FAASPIPE_DATABASE_URL": database_url} if database_url else {}),
     }
-    assert tuple(env) == SECRET_NAMES
+    assert set(env) <= set(SECRET_NAMES)
     return env
 
 

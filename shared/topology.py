@@ -150,6 +150,9 @@ class Function:
     grpc_services: tuple[str, ...] = ()
     # an http function's ``grpc:`` block: (module, services) of its derived gRPC function
     grpc: tuple[str, tuple[str, ...]] | None = None
+    # the event types it posts to the broker (replies and K_SINK posts): its identity's
+    # EventPolicy allows exactly these (shared/auth/pipeline.py)
+    emits: tuple[str, ...] = ()
 
     @property
     def subscriptions(self) -> tuple[Trigger, ...]:
@@ -348,7 +351,17 @@ def load_function(path: Path) -> Function:
         kafka_sources=tuple(sources),
         env={str(k): str(v) for k, v in (doc.get("env", {}) or {}).items()},
         grpc=_grpc_block(doc.get("grpc"), where, kind),
+        emits=_emits(doc.get("emits"), where),
     )
+
+
+def _emits(doc: Any, where: str) -> tuple[str, ...]:
+    """``emits: [type, ...]``: the CloudEvent types the function posts to the broker."""
+    if doc is None:
+        return ()
+    if not isinstance(doc, list) or not all(isinstance(t, str) and t for t in doc):
+        raise TopologyError(f"{where}.emits: expected a list of CloudEvent types, got {doc!r}")
+    return tuple(doc)
 
 
 def _grpc_block(doc: Any, where: str, kind: str) -> tuple[str, tuple[str, ...]] | None:
@@ -388,6 +401,7 @@ def grpc_function(fn: Function) -> Function | None:
         kafka_sources=(),
         grpc_services=services,
         grpc=None,
+        emits=(),
     )
 
 

@@ -66,6 +66,8 @@ CRD_MODELS: dict[tuple[str, str], str] = {
     ("sources.knative.dev/v1", "SinkBinding"): "knative_eventing.sources.v1:SinkBinding",
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.v1alpha1:ScaledObject",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.v1alpha1:TriggerAuthentication",
+    # authorisation (localdev/render/auth.py): Knative's EventPolicy CRD
+    ("eventing.knative.dev/v1alpha1", "EventPolicy"): "knative_eventing.eventing.v1alpha1:EventPolicy",
 }
 STRICT = {"extra": "forbid", "strict": True, "by_alias": True, "by_name": False}
 
@@ -307,7 +309,7 @@ def validate(doc: dict[str, Any]) -> None:
             timeout = delivery.pop("timeout")
             if not isinstance(timeout, str) or parse_duration(timeout) <= 0:
                 raise ValueError(f"spec.delivery.timeout must be a positive ISO-8601 duration: {timeout!r}")
-        if kind == "Trigger" and "filters" in doc.get("spec", {}):
+        if kind in ("Trigger", "EventPolicy") and "filters" in doc.get("spec", {}):
             _check_filters(doc["spec"]["filters"])
         model(key).model_validate(doc, **STRICT)
     elif key in JSON_SCHEMAS:
@@ -690,10 +692,13 @@ def test_every_function_runs_on_the_cluster_as_localdev_starts_it(
     equal, and the same arguments but for the documented differences (the listening address;
     --concurrency locally, enforced by Knative's queue-proxy; a gRPC function's metrics port on
     the cluster). K_SINK comes from the function's SinkBinding there; PYTHONPATH is the image's.
-    Locally Feast's online store is SQLite unless FAASPIPE_FEAST_REDIS names a Redis, as here."""
+    Locally Feast's online store is SQLite unless FAASPIPE_FEAST_REDIS names a Redis, and the
+    state database SQLite unless FAASPIPE_DATABASE_URL names a PostgreSQL, as here."""
     from localdev.components import function_replica
 
-    config = StackConfig(state_dir=Path("/tmp/x"), feast_redis="127.0.0.1:6379,db=1")
+    config = StackConfig(
+        state_dir=Path("/tmp/x"), feast_redis="127.0.0.1:6379,db=1", database_url="postgresql://u@h/db"
+    )
     (cm,) = _by_kind(base_objects, "v1", "ConfigMap")["faaspipe-platform"]
     secret = next(o for o in overlays() if o.name == "dev").secrets["faaspipe-platform"]
     services = _by_kind(base_objects, "serving.knative.dev/v1", "Service")

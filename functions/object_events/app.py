@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 from functions.object_events.mapping import MappingResult, NotANotification, Skipped, map_notification
 from shared import tracing
+from shared.auth.bearer import own_authorization
 from shared.cloudevents_io import CloudEvent, to_http, with_attributes
 from shared.settings import sink_url
 
@@ -84,6 +85,7 @@ def _error_text(response: urllib3.BaseHTTPResponse) -> str:
 def send(event: CloudEvent, url: str) -> None:
     """POST one event in binary mode; retries connection errors, 5xx and 429 with backoff."""
     headers, body = to_http(event)
+    headers.update(own_authorization())  # the source's own identity (shared/auth), when it has one
     problem = ""
     for attempt in range(1, SINK_ATTEMPTS + 1):
         if attempt > 1:

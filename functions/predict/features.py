@@ -8,6 +8,7 @@ from typing import Any
 import urllib3
 
 from functions.predict.inputs import BadInput
+from shared.auth.bearer import own_authorization
 
 # A read waits as long as the gateway may hold a request for a feature-server replica that is
 # starting (or a first online read that loads the store's client on a busy node): 5 s turned a
@@ -33,7 +34,10 @@ class FeatureServer:
         body = json.dumps({"dataset": self.dataset, "entities": entities}).encode()
         try:
             resp = self.http.request(
-                "POST", self.url, body=body, headers={"Content-Type": "application/json"}
+                "POST",
+                self.url,
+                body=body,
+                headers={"Content-Type": "application/json", **own_authorization()},
             )
         except urllib3.exceptions.HTTPError as exc:
             raise BadInput(f"feature server at {self.url} unreachable: {exc}", status=503) from exc

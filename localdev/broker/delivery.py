@@ -25,7 +25,7 @@ import email.utils
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -101,8 +101,13 @@ def _delay(spec: Delivery, attempt: int, status: int, headers: CIMultiDictProxy[
 class Deliverer:
     """Sends events to subscribers and replies to the ingress; use on its event loop only."""
 
-    def __init__(self, ingress_url: str) -> None:
+    def __init__(
+        self, ingress_url: str, authorization: Callable[[str], dict[str, str]] | None = None
+    ) -> None:
+        """``authorization``: trigger name → its ``Authorization`` header (auth on: the trigger's
+        OIDC identity, as Knative's dispatcher sends it to the subscriber and with the reply)."""
         self.ingress_url = ingress_url
+        self.authorization = authorization or (lambda _trigger: {})
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -128,8 +133,11 @@ class Deliverer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, None, f"{type(exc).__name__}: {exc}".encode()
 
-    async def forward_reply(self, reply: wire.WireEvent, timeout: float) -> tuple[int, bytes]:
+    async def forward_reply(
+        self, reply: wire.WireEvent, timeout: float, trigger: str = ""
+    ) -> tuple[int, bytes]:
         headers, body = wire.to_http(reply)
+        headers.update(self.authorization(trigger))
         status, _headers, answer = await self._post(self.ingress_url, headers, body, timeout)
         return status, answer
 
@@ -145,6 +153,7 @@ class Deliverer:
     ) -> Outcome:
         headers, body = wire.to_structured(event) if spec.format == "json" else wire.to_http(event)
         headers[TRIGGER_HEADER] = trigger
+        headers.update(self.authorization(trigger))
         if forward_replies:
             headers["Prefer"] = "reply"
         attempts = 0
@@ -161,7 +170,7 @@ class Deliverer:
                     reply = wire.from_http(answer_headers, answer)
                 except InvalidCloudEvent as exc:
                     return Outcome(False, 502, f"invalid reply event: {exc}".encode(), attempts, str(exc))
-                stored, answer = await self.forward_reply(reply, spec.timeout_s)
+                stored, answer = await self.forward_reply(reply, spec.timeout_s, trigger)
                 if 200 <= stored < 300:
                     return Outcome(True, status, b"", attempts)
                 error = f"reply {reply.id} not stored: the broker ingress answered {stored or 'nothing'}"

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -24,7 +25,10 @@ from localdev.aio import run_forever
 from localdev.broker.delivery import Deliverer
 from localdev.broker.dispatcher import BrokerTopics, TriggerDispatcher, start_dispatchers
 from localdev.config import StackConfig
-from shared.topology import load_topology
+from shared.auth.bearer import bearer
+from shared.auth.identity import subscription_subject
+from shared.auth.local import TokenSource
+from shared.topology import Topology, load_topology
 
 log = logging.getLogger("faaspipe.dispatch")
 MAX_EVENT_BYTES = int(os.environ.get("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024)))
@@ -70,6 +74,17 @@ def status_app(dispatchers: list[TriggerDispatcher]) -> web.Application:
     return app
 
 
+def subscription_authorization(
+    config: StackConfig, topology: Topology
+) -> Callable[[str], dict[str, str]] | None:
+    """Auth on: each trigger / Kafka source sends with its own OIDC identity (shared/auth)."""
+    if not config.auth.enabled:
+        return None
+    key = config.auth.key()
+    sources = {s.name: TokenSource(key, subscription_subject(s)) for s in topology.subscriptions}
+    return lambda trigger: bearer(sources[trigger].token()) if trigger in sources else {}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="faaspipe local broker: trigger dispatchers")
     parser.add_argument("--state-dir", required=True, type=Path)
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         max_request_size=MAX_EVENT_BYTES + 64 * 1024,
     )
     topics = BrokerTopics(config.kafka_bootstrap, config.broker_topic, config.dlq_topic)
-    deliverer = Deliverer(config.ingress_url)
+    deliverer = Deliverer(config.ingress_url, subscription_authorization(config, topology))
     dispatchers: list[TriggerDispatcher] = []
 
     async def watchdog() -> None:

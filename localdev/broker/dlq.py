@@ -128,7 +128,7 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
     source_topics = {
         t.name: t.topic for t in load_topology(config.function_dirs).subscriptions if t.topic is not None
     }
-    actor = cli_actor()
+    actor = cli_actor(config)
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
     try:
         for letter in chosen:

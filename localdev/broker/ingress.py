@@ -10,6 +10,12 @@ enters the log. The event's data is appended as the exact bytes received (``wire
 broker never parses and re-serialises it. Types of the catalogue (``dev.faaspipe.*``) are validated against their
 schema; any other valid CloudEvent is accepted, as a Knative broker accepts it, and routed by
 triggers like ours, unless ``FAASPIPE_STRICT_TYPES=1`` (see :mod:`events.admission`).
+
+With auth on (:class:`IngressAuth`, ``FAASPIPE_AUTH``), the ingress checks each request as
+Knative's broker ingress does with ``authentication-oidc`` enabled (eventing
+``pkg/auth/verifier.go``): no or an invalid bearer token is ``401``; a subject that no
+EventPolicy allows to post this event (type, source, ...: the policy's filters) is ``403``;
+either way nothing enters the log, and the refusal is counted under its outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +37,13 @@ from events import EventDataError, UnknownEventType
 from events.admission import admit, is_checked
 from localdev.broker import wire
 from shared import tracing
+from shared.auth import AuthError
+from shared.auth.bearer import authenticate
+from shared.auth.pipeline import pipeline_policies
+from shared.auth.policy import DEFAULT_MODE, EventPolicy, authorize
+from shared.auth.tokens import Claims, TokenVerifier
 from shared.cloudevents_io import InvalidCloudEvent, from_kafka
+from shared.topology import load_topology
 
 log = logging.getLogger("faaspipe.ingress")
 
@@ -41,9 +56,31 @@ APPEND_LATENCY = Histogram(
 PRODUCE_TIMEOUT_S = 10.0
 
 
-def _refuse(status: int, outcome: str, message: str, **extra: object) -> web.Response:
+def _refuse(
+    status: int, outcome: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> web.Response:
     ACCEPTED.labels(outcome).inc()
-    return web.json_response({"error": message, **extra}, status=status)
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+@dataclass(frozen=True)
+class IngressAuth:
+    """Who may post what: the token verifier, the broker's EventPolicies and the default mode."""
+
+    verifier: TokenVerifier
+    policies: tuple[EventPolicy, ...]
+    default_mode: str = DEFAULT_MODE
+
+    @classmethod
+    def for_stack(cls, verifier: TokenVerifier, function_dirs: Sequence[Path]) -> IngressAuth:
+        """The policies the topology implies (the same ones ``faaspipe render`` writes)."""
+        return cls(verifier, tuple(pipeline_policies(load_topology(function_dirs))))
+
+    def authenticate(self, headers: Any) -> Claims:
+        return authenticate(headers, self.verifier)
+
+    def authorize(self, claims: Claims, event: wire.WireEvent) -> None:
+        authorize(claims.sub, event.attributes, self.policies, default_mode=self.default_mode)
 
 
 def acknowledged(send_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
@@ -64,11 +101,25 @@ def acknowledged(send_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.F
 
 
 def create_ingress_app(
-    producer: KafkaProducer, topic: str, ready: threading.Event, max_bytes: int, *, strict_types: bool
+    producer: KafkaProducer,
+    topic: str,
+    ready: threading.Event,
+    max_bytes: int,
+    *,
+    strict_types: bool,
+    auth: IngressAuth | None = None,
 ) -> web.Application:
+    """``auth`` None: no authentication (the loopback default)."""
+
     async def ingest(request: web.Request) -> web.Response:
         if not ready.is_set():
             return _refuse(503, "not_ready", "broker is starting: triggers are not ready yet")
+        claims = None
+        if auth is not None:
+            try:  # authentication first, before the body is read (Knative: 401 whatever the event)
+                claims = auth.authenticate(request.headers)
+            except AuthError as exc:
+                return _refuse(exc.status, exc.outcome, str(exc), headers={"WWW-Authenticate": "Bearer"})
         if (request.content_length or 0) > max_bytes:
             return _refuse(413, "too_large", f"event larger than the {max_bytes}-byte limit")
         try:
@@ -77,6 +128,8 @@ def create_ingress_app(
             return _refuse(413, "too_large", f"event larger than the {max_bytes}-byte limit")
         try:
             event = wire.from_http(request.headers, body)
+            if auth is not None and claims is not None:  # who may post it, before what it says
+                auth.authorize(claims, event)
             foreign = True
             if is_checked(event.type, strict_types=strict_types):
                 # the catalogue checks the SDK's view of a copy; what is appended is ``event``
@@ -84,6 +137,10 @@ def create_ingress_app(
         except InvalidCloudEvent as exc:
             ACCEPTED.labels("malformed").inc()
             return web.json_response(exc.as_dict(), status=400)
+        except AuthError as exc:
+            subject = claims.sub if claims is not None else None
+            log.warning("refused an event from %s: %s", subject, exc)
+            return _refuse(exc.status, exc.outcome, str(exc), subject=subject)
         except UnknownEventType as exc:
             return _refuse(400, "unknown_type", str(exc))
         except EventDataError as exc:

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from events.admission import strict_types_from_env
 from localdev.aio import run_forever
-from localdev.broker.ingress import create_ingress_app
+from localdev.broker.ingress import IngressAuth, create_ingress_app
 from localdev.config import StackConfig
 
 log = logging.getLogger("faaspipe.broker")
@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     ready = threading.Event()
     app = create_ingress_app(
-        producer, config.broker_topic, ready, MAX_EVENT_BYTES, strict_types=strict_types_from_env()
+        producer,
+        config.broker_topic,
+        ready,
+        MAX_EVENT_BYTES,
+        strict_types=strict_types_from_env(),
+        auth=IngressAuth.for_stack(config.auth.verifier(), config.function_dirs)
+        if config.auth.enabled
+        else None,
     )
     add_health_routes(app, ready)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from localdev.render.auth import token_volume
 from localdev.render.eventing import knative_delivery, knative_filters
 from localdev.render.meta import object_labels, object_meta
 from localdev.render.settings import (
@@ -14,10 +15,10 @@ from localdev.render.settings import (
     GRPC_METRICS_PORT,
     PLATFORM,
     PORT,
-    SERVICE_ACCOUNT,
     ClusterSettings,
     resources_for,
 )
+from shared.auth.identity import function_service_account
 from shared.function_runtime import function_args, function_env
 from shared.topology import Function, TopologyError, Trigger
 
@@ -69,6 +70,8 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
     if fn.kind == "grpc":
         _serve_grpc(container)
     container["env"] = [{"name": k, "value": v} for k, v in sorted(function_env(fn).items())]
+    volume, mount = token_volume(fn)
+    container["volumeMounts"] = [mount]
     meta = object_meta(
         fn.name, "function", {"faaspipe.dev/description": fn.description} if fn.description else None
     )
@@ -84,11 +87,12 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
                     "annotations": annotations,
                 },
                 "spec": {
-                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "serviceAccountName": function_service_account(fn),  # its identity (render/auth.py)
                     "containerConcurrency": fn.concurrency,
                     "timeoutSeconds": max(300, math.ceil(max(timeouts, default=0))),
                     "enableServiceLinks": False,
                     "containers": [container],
+                    "volumes": [volume],
                 },
             }
         },

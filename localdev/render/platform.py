@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from localdev.config import StackConfig
+from localdev.render.auth import TOKEN_MOUNT
 from localdev.render.eventing import knative_delivery
 from localdev.render.meta import object_labels, object_meta
 from localdev.render.settings import (
@@ -49,6 +50,7 @@ def cluster_services(settings: ClusterSettings, namespace: str = "faaspipe") -> 
         function_url_template=function_url_template(namespace),
         state_dir="/tmp/faaspipe",
         feast_redis=f"{settings.redis_host},db=1",
+        token_dir=TOKEN_MOUNT,  # the projected ServiceAccount token (render/auth.py)
     )
 
 
@@ -152,7 +154,6 @@ def mlflow_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
             "periodSeconds": 20,
         },
         "resources": BASE_RESOURCES["mlflow"],
-        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/mlflow"}],
     }
     return [
         {
@@ -166,8 +167,7 @@ def mlflow_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": SERVICE_ACCOUNT,
-                        "containers": [container],
-                        "volumes": [{"name": "data", "emptyDir": {}}],
+                        "containers": [container],  # stateless: PostgreSQL and S3 hold its state
                     },
                 },
             },

@@ -68,6 +68,7 @@ class ClusterSettings:
     kafka_bootstrap: str = "kafka.kafka.svc.cluster.local:9092"
     s3_endpoint: str = "http://minio.minio.svc.cluster.local:9000"
     redis_host: str = "redis.redis.svc.cluster.local:6379"
+    postgres_host: str = "postgres.postgres.svc.cluster.local:5432"
     partitions: int = StackConfig.broker_partitions
     replication: int = 1
 
@@ -96,9 +97,13 @@ def overlays() -> tuple[Overlay, ...]:
             "FAASPIPE_S3_SECRET_KEY": local.secret_key,
             "AWS_ACCESS_KEY_ID": local.access_key,
             "AWS_SECRET_ACCESS_KEY": local.secret_key,
+            # Feast's registry and the monitor's store (state that must outlive a pod)
+            "FAASPIPE_DATABASE_URL": f"postgresql://faaspipe:faaspipe-dev@{ClusterSettings().postgres_host}/faaspipe",
         },
-        # SQLite on the pod's emptyDir: fine for dev (lost with the pod); prod uses Postgres.
-        MLFLOW_SECRET: {"backend-store-uri": "sqlite:////var/lib/mlflow/mlflow.db"},
+        # The rendered PostgreSQL's `mlflow` database (manifests/platform/), as prod uses one.
+        MLFLOW_SECRET: {
+            "backend-store-uri": f"postgresql+psycopg2://faaspipe:faaspipe-dev@{ClusterSettings().postgres_host}/mlflow"
+        },
     }
     return (
         Overlay("dev", "faaspipe-dev", "dev", 1, 1, DEV_RESOURCES, min_scale=0, secrets=dev_secrets),
