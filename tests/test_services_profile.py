@@ -1,10 +1,23 @@
-"""The services profile: the main job with every documented service setting at once.
+"""The services profile: the main job with every documented service setting at once, on
+functions started from the rendered manifests (the cluster parity test of issue 10).
 
 ``faaspipe up`` + ``faaspipe run`` on a stack of its own whose MLflow database is PostgreSQL
-(``FAASPIPE_MLFLOW_BACKEND_URI``), whose idempotency store is Redis (``FAASPIPE_IDEMPOTENCY_URL``)
-and whose Feast online store is Redis (``FAASPIPE_FEAST_REDIS``): a champion is promoted and
-serves a prediction by entity id, and each service holds what it should (nothing fell back to
-SQLite in the state directory). Skips, saying which, when PostgreSQL or Redis does not answer.
+(``FAASPIPE_MLFLOW_BACKEND_URI``), whose idempotency store is Redis (``FAASPIPE_IDEMPOTENCY_URL``),
+whose Feast online store is Redis (``FAASPIPE_FEAST_REDIS``) and whose functions keep their
+state (Feast's registry, the monitor's store) in PostgreSQL (``FAASPIPE_DATABASE_URL``).
+
+Every function replica runs as its Knative Service in ``manifests/`` says
+(``FAASPIPE_REPLICAS_FROM=manifests``, ``localdev/from_manifests.py``): its command, arguments
+and environment, with the image replaced by its environment and the cluster's service
+addresses by this stack's. A setting the stack gives and a manifest lacks stops ``up``.
+
+Authentication is on (``FAASPIPE_AUTH=on``): every function posts its events with its own
+identity, under the rendered EventPolicies' rules, and this test calls predict with a token.
+
+A champion is promoted and serves a prediction by entity id, the monitor stores the logged
+prediction, and each service holds what it should: nothing fell back to a file in the state
+directory, which on the cluster is a pod's scratch space. Skips, saying which, when
+PostgreSQL or Redis does not answer.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ class ServicesStack:
     settings: dict[str, str]
     redis_db: int
     database: str
+    state_database: str
     postgres_user: str
     idempotency_prefix: str
 
@@ -50,18 +64,22 @@ def services_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
     with contextlib.ExitStack() as cleanup:  # unwinds: stack down, database dropped, Redis db flushed
         db = cleanup.enter_context(services.claimed_redis_db())
         database = cleanup.enter_context(services.fresh_database(user))
+        state_database = cleanup.enter_context(services.fresh_database(user))
         _create_mlflow_tables(services.database_uri(user, database))
         prefix = f"faaspipe:services-{uuid.uuid4().hex[:8]}:idem:"
         settings = {
             "FAASPIPE_MLFLOW_BACKEND_URI": services.database_uri(user, database),
             "FAASPIPE_IDEMPOTENCY_URL": f"redis://{services.REDIS_HOST}:{services.REDIS_PORT}/{db}?prefix={prefix}",
             "FAASPIPE_FEAST_REDIS": f"{services.REDIS_HOST}:{services.REDIS_PORT},db={db}",
+            "FAASPIPE_DATABASE_URL": services.postgres_url(user, state_database),
+            "FAASPIPE_REPLICAS_FROM": "manifests",
+            "FAASPIPE_AUTH": "on",
         }
         stack = cleanup.enter_context(
             _running_stack(tmp_path_factory.mktemp("services-state"), {**settings, **STACK_ENV})
         )
         assert all(stack.env[name] == value for name, value in settings.items())
-        yield ServicesStack(stack, settings, db, database, user, prefix)
+        yield ServicesStack(stack, settings, db, database, state_database, user, prefix)
 
 
 @contextlib.contextmanager
@@ -107,32 +125,32 @@ def _create_mlflow_tables(uri: str) -> None:
     )
 
 
-def _post_json(url: str, doc: object) -> urllib3.BaseHTTPResponse:
-    return HTTP.request(
-        "POST", url, body=json.dumps(doc).encode(), headers={"Content-Type": "application/json"}
-    )
-
-
-def _champion_in_postgres(profile: ServicesStack, model: str) -> str | None:
+def _query(profile: ServicesStack, database: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
     import psycopg2
 
     conn = psycopg2.connect(
         host=services.POSTGRES_HOST,
         port=services.POSTGRES_PORT,
-        dbname=profile.database,
+        dbname=database,
         user=profile.postgres_user,
         connect_timeout=3,
     )
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'",
-                (model,),
-            )
-            row = cur.fetchone()
+            cur.execute(sql, params)
+            return list(cur.fetchall())
     finally:
         conn.close()
-    return str(row[0]) if row else None
+
+
+def _champion_in_postgres(profile: ServicesStack, model: str) -> str | None:
+    rows = _query(
+        profile,
+        profile.database,
+        "SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'",
+        (model,),
+    )
+    return str(rows[0][0]) if rows else None
 
 
 @pytest.mark.timeout(2700)
@@ -159,12 +177,21 @@ def test_main_job_with_mlflow_on_postgresql_and_idempotency_and_feast_on_redis(
     # an entity prediction: features from Feast's online store (Redis) through the feature server
     predict = stack.config.function_url("predict")
 
+    token = {"Authorization": f"Bearer {stack.config.auth.mint('user:services-profile')}"}
+    assert HTTP.request("GET", f"{predict}v2/models/{model}").status == 401  # auth is on
+
     def serving_version() -> bool:
-        resp = HTTP.request("GET", f"{predict}v2/models/{model}")
+        resp = HTTP.request("GET", f"{predict}v2/models/{model}", headers=token)
         return resp.status == 200 and json.loads(resp.data).get("versions", [None])[0] == version
 
     wait_until(serving_version, timeout=180, interval=1, what=f"predict serving version {version}")
-    resp = _post_json(f"{predict}predict", {"entities": [42]})
+    request_id = f"services-{uuid.uuid4().hex[:12]}"
+    resp = HTTP.request(
+        "POST",
+        f"{predict}predict",
+        body=json.dumps({"entities": [42]}).encode(),
+        headers={"Content-Type": "application/json", "X-Request-Id": request_id, **token},
+    )
     assert resp.status == 200, resp.data
     answer = json.loads(resp.data)
     assert answer["model_version"] == version
@@ -185,6 +212,31 @@ def test_main_job_with_mlflow_on_postgresql_and_idempotency_and_feast_on_redis(
     assert feast, f"no Feast online-store key in Redis db {profile.redis_db}"
     assert not (stack.state_dir / "idempotency.db").exists()
     assert not (stack.state_dir / "feast" / "online.db").exists()
+
+    # Feast's registry and the monitor's store are in the state database, not in the state dir
+    view = get_contract("ai4i").feature_view
+    assert _query(
+        profile, profile.state_database, "SELECT 1 FROM feature_views WHERE feature_view_name = %s", (view,)
+    )
+    assert not (stack.state_dir / "feast" / "registry.db").exists()
+
+    def monitored() -> bool:
+        return bool(
+            _query(
+                profile,
+                profile.state_database,
+                "SELECT 1 FROM monitor_predictions WHERE request_id = %s",
+                (request_id,),
+            )
+        )
+
+    wait_until(monitored, timeout=120, interval=1, what=f"the monitor storing prediction {request_id}")
+    assert not (stack.state_dir / "monitor").exists()
+
+    # every replica was started from its manifest: the supervisor's log names the file
+    supervisor_log = stack.log("supervisor")
+    for name in ("ingest", "materialise", "tune", "trial", "train", "promote", "predict", "monitor"):
+        assert f"manifests/base/functions/{name}.yaml" in supervisor_log, name
 
 
 @pytest.mark.parametrize("args", [["status"], ["events", "--all"], ["logs", "supervisor", "-n", "500"]])
