@@ -15,7 +15,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NATIVE_TLS := 1
 export UV_LINK_MODE := copy
 
-.PHONY: help envs up down status test lint format bench lock protos clean
+.PHONY: help envs up down status test lint format bench lock protos clean image-tools images
 
 help:
 	@echo "make up      start the local stack (Kafka, S3, MLflow, broker, functions) and run the main job"
@@ -82,3 +82,25 @@ protos: $(UV)
 
 clean: down
 	rm -rf .venv .venvs .tools .faaspipe
+
+# Image builds (`faaspipe build`, tests/test_images.py): buildah builds and runs the images with
+# chroot isolation (no OCI runtime needed; STORAGE_DRIVER=vfs where overlay mounts are refused);
+# mmdebstrap makes the Debian bookworm base when no registry image can be pulled. Debian
+# packages, so root + apt-get only: elsewhere it says why it skips, and so does the image test.
+IMAGE_TOOLS := buildah mmdebstrap
+image-tools:
+	@missing=""; for t in buildah mmdebstrap; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "image-tools: buildah and mmdebstrap present"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "image-tools: SKIPPED, not root (missing:$$missing); image tests will skip"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "image-tools: SKIPPED, no apt-get (missing:$$missing); image tests will skip"; exit 0; fi; \
+	echo "image-tools: installing $(IMAGE_TOOLS) with apt-get"; \
+	if DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(IMAGE_TOOLS) ca-certificates >/dev/null; \
+	then echo "image-tools: installed $$(buildah --version), mmdebstrap $$(mmdebstrap --version | head -1)"; \
+	else echo "image-tools: FAILED to install $(IMAGE_TOOLS); image tests will skip"; fi
+
+# Every image environment's image from manifests/images/<env>.Containerfile (faaspipe build --help),
+# e.g. make images IMAGE_ARGS="--base-from-mmdebstrap --push registry.example/faaspipe".
+IMAGE_ARGS ?=
+images: .venv/.synced
+	.venv/bin/faaspipe build $(IMAGE_ARGS)

@@ -6,6 +6,7 @@ faaspipe logs      a component's log
 faaspipe down      stop everything; no process is left behind
 faaspipe dlq list|replay   inspect and re-deliver dead letters
 faaspipe rollout status|promote|rollback MODEL   a model's progressive rollout
+faaspipe build     the images the manifests name (buildah, podman or docker)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 import urllib3
 
+from localdev.actor import cli_authorization
 from localdev.config import PORT_OFFSETS, StackConfig
 from localdev.processes import kill_leftovers, pid_alive, port_free
 from shared.topology import REPO_ROOT
@@ -50,7 +52,7 @@ def _supervisor_pid(config: StackConfig) -> int | None:
 
 def _status(config: StackConfig) -> dict | None:  # type: ignore[type-arg]
     try:
-        resp = _HTTP.request("GET", config.url("supervisor") + "/status")
+        resp = _HTTP.request("GET", config.url("supervisor") + "/status", headers=cli_authorization(config))
     except urllib3.exceptions.HTTPError:
         return None
     return json.loads(resp.data) if resp.status == 200 else None
@@ -162,7 +164,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     pid = _supervisor_pid(config)
     if pid:
         try:
-            _HTTP.request("POST", config.url("supervisor") + "/shutdown")
+            _HTTP.request("POST", config.url("supervisor") + "/shutdown", headers=cli_authorization(config))
         except urllib3.exceptions.HTTPError:
             os.kill(pid, 15)
         deadline = time.monotonic() + 90
@@ -265,7 +267,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
-        resp = _HTTP.request("POST", f"{config.url('supervisor')}/scale/{args.function}/{args.replicas}")
+        resp = _HTTP.request(
+            "POST",
+            f"{config.url('supervisor')}/scale/{args.function}/{args.replicas}",
+            headers=cli_authorization(config),
+        )
     except urllib3.exceptions.HTTPError:
         print("faaspipe is not running.", file=sys.stderr)
         return 3
@@ -319,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("replicas", type=int)
     render = sub.add_parser("render", help="write manifests/ from the topology (--check: fail if stale)")
     render.add_argument("render_args", nargs=argparse.REMAINDER)
+    build = sub.add_parser("build", help="build (--push: and push) the images manifests/ names")
+    build.add_argument("build_args", nargs=argparse.REMAINDER)
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list")
@@ -360,6 +368,10 @@ def _dispatch(argv: list[str]) -> int | str | None:
         from localdev import render
 
         return render.main(argv[1:])
+    if argv[:1] == ["build"]:  # its own options (--env, --push, --base ...) pass through untouched
+        from localdev import images
+
+        return images.main(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {
         "up": cmd_up,

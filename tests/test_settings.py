@@ -249,6 +249,8 @@ _READ = re.compile(
     r"""(?:environ(?:\.get|\.setdefault)?[(\[]|getenv\(|env\.get\(|env\[)\s*["']([A-Z][A-Z0-9_]+)["']"""
 )
 _NOT_SETTINGS = {"PATH", "PATH_INFO"}  # the system's PATH; a WSGI environ key
+# the env of the rendered Kafka container (localdev/render/services.py): the image's, not ours
+_NOT_SETTINGS |= {"CLUSTER_ID", "KAFKA_ADVERTISED_LISTENERS", "KAFKA_PROCESS_ROLES"}
 
 
 def _settings_section() -> str:

@@ -13,14 +13,17 @@ Every ``functions/*/function.yaml`` becomes, under ``manifests/base/``:
 Plus the platform: the Kafka ``Broker`` with its ConfigMap and DLQ ``KafkaSink``, the
 ``faaspipe-platform`` ConfigMap (where the functions find Kafka, S3, MLflow, Redis), MLflow
 (Deployment + Service), a ServiceAccount and the Namespace. ``manifests/overlays/{dev,prod}`` are kustomize overlays whose patches are generated
-here too. ``manifests/README.md`` is generated as well (deployment notes + function table).
+here too. ``manifests/README.md`` is generated as well (deployment notes + function table),
+and so are the images' recipes, ``manifests/images/<env>.Containerfile`` (``faaspipe build``).
 
 Output is deterministic (sorted keys, stable order), so ``--check`` and the drift test can
 compare it byte for byte with what is committed.
 
 Modules: ``settings`` (cluster addresses, names, resources, overlays), ``meta`` (labels),
 ``eventing`` (filters and delivery), ``functions`` (one function's objects), ``platform``
-(the platform's objects), ``overlays`` (kustomize overlays), ``dump`` (YAML), ``readme``
+(the platform's objects), ``services`` (Kafka, MinIO, Redis and PostgreSQL themselves, under
+``manifests/platform/``), ``images`` (one Containerfile per image), ``overlays`` (kustomize
+overlays), ``dump`` (YAML), ``readme``
 (``README.template.md`` filled in), ``output`` (the files, ``render``, ``check``, ``main``).
 """
 

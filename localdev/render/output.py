@@ -8,11 +8,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from localdev.render.auth import FEATURES_FILE, FEATURES_NOTE, auth_docs, features_doc
 from localdev.render.dump import HEADER, dump_docs
 from localdev.render.functions import function_docs
+from localdev.render.images import image_files
 from localdev.render.overlays import overlay_files
 from localdev.render.platform import broker_docs, mlflow_docs, namespace_doc, platform_docs
 from localdev.render.readme import readme
+from localdev.render.services import platform_files, platform_overlay_files
 from localdev.render.settings import ClusterSettings, overlays
 from shared.topology import REPO_ROOT, Topology, TopologyError, load_topology
 
@@ -28,6 +31,7 @@ def render_files(topology: Topology, settings: ClusterSettings | None = None) ->
         "base/platform.yaml": dump_docs(platform_docs(settings)),
         "base/broker.yaml": dump_docs(broker_docs(settings)),
         "base/mlflow.yaml": dump_docs(mlflow_docs(settings)),
+        "base/auth.yaml": dump_docs(auth_docs(topology)),
     }
     for fn in functions:
         files[f"base/functions/{fn.name}.yaml"] = dump_docs(function_docs(fn, settings))
@@ -45,7 +49,11 @@ def render_files(topology: Topology, settings: ClusterSettings | None = None) ->
     dev, prod = overlays()
     for overlay in (dev, prod):
         files.update(overlay_files(topology, overlay, settings))
+        files.update(platform_overlay_files(overlay, settings))
+    files.update(platform_files(settings))  # Kafka, MinIO, Redis, Postgres (services.py)
     files["README.md"] = readme(topology, settings, dev, prod)
+    files[FEATURES_FILE] = dump_docs([features_doc()], FEATURES_NOTE)
+    files.update(image_files(topology, settings, HEADER))
     return dict(sorted(files.items()))
 
 
