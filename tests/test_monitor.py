@@ -25,7 +25,7 @@ from shared import layout
 from shared.contracts import get_contract
 from tests.conftest import REPO, Stack, wait_until
 from tests.fixtures_model import MODEL_NAME, ai4i_rows, promote, publish_models, serving_stack, wait_served
-from tests.functions.serve_recorder.client import metric, recorded
+from tests.functions.serve_recorder.client import recorded
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, fresh_database, postgres_user
 
 CONTRACT = get_contract("ai4i")
@@ -275,39 +275,47 @@ def _predict(stack: Stack, rows: list[dict[str, Any]], request_id: str | None = 
     return json.loads(resp.data)
 
 
-def _stream(stack: Stack, rows: list[dict[str, Any]], version: str, batch: int = 50) -> None:
+def _stream(
+    stack: Stack, rows: list[dict[str, Any]], version: str, request_prefix: str, batch: int = 50
+) -> None:
     for start in range(0, len(rows), batch):
-        assert _predict(stack, rows[start : start + batch])["model_version"] == version
+        answer = _predict(stack, rows[start : start + batch], f"{request_prefix}{start}")
+        assert answer["model_version"] == version
 
 
-def _checks(stack: Stack, version: str, kind: str, outcome: str) -> float:
-    return metric(
-        stack,
-        "monitor",
-        "faaspipe_monitor_drift_checks_total",
-        model=MODEL_NAME,
-        version=version,
-        kind=kind,
-        outcome=outcome,
-    )
+def _stored(stack: Stack, request_prefix: str, closed: bool | None = None) -> int:
+    """Predictions the monitor stored whose request id starts with ``request_prefix`` (in a
+    closed window only, or open only). Read from its store, which every monitor replica
+    shares: a replica's own metrics would count only what was delivered to it."""
+    from shared.sqldb import connect
+
+    db = connect(stack.env.get("FAASPIPE_DATABASE_URL") or stack.state_dir / "monitor" / "monitor.db")
+    try:
+        where = "" if closed is None else f" AND in_closed_window = {int(closed)}"
+        rows, _ = db.execute(
+            f"SELECT COUNT(*) FROM monitor_predictions WHERE request_id LIKE ?{where}",  # noqa: S608
+            (request_prefix + "%",),
+        )
+        return int(rows[0][0])
+    finally:
+        db.close()
 
 
 @pytest.mark.integration
 def test_feature_drift_detected_on_a_drifted_stream_only(serving: Stack, monitored: str) -> None:
     version = monitored
     subject = f"{MODEL_NAME}/{version}"
-    before = _checks(serving, version, "feature", "no_drift")
-
-    _stream(serving, _sample(7, WINDOW), version)
+    tag = uuid.uuid4().hex[:8]
+    _stream(serving, _sample(7, WINDOW), version, request_prefix=f"calm-{tag}-")
     wait_until(
-        lambda: _checks(serving, version, "feature", "no_drift") > before,
+        lambda: _stored(serving, f"calm-{tag}-", closed=True) > 0,
         120,
         interval=0.5,
-        what="the monitor to check the undrifted window",
+        what="the monitor to close the undrifted window",
     )
     assert recorded(serving, DRIFT, subject=subject) == [], "an undrifted window must not raise drift"
 
-    _stream(serving, _drifted(_sample(8, WINDOW), 9), version)
+    _stream(serving, _drifted(_sample(8, WINDOW), 9), version, request_prefix=f"drifted-{tag}-")
     (event,) = wait_until(
         lambda: recorded(serving, DRIFT, subject=subject), 120, interval=0.5, what="drift.detected"
     )
@@ -329,13 +337,10 @@ def test_performance_drift_from_a_labels_file(serving: Stack, monitored: str) ->
     rows = _sample(11, 200)
     tag = uuid.uuid4().hex[:8]
     request_ids = [f"perf-{tag}-{b}" for b in range(4)]
-    before = metric(serving, "monitor", "faaspipe_monitor_predictions_total", outcome="new")
     for b, request_id in enumerate(request_ids):
         _predict(serving, rows[b * 50 : (b + 1) * 50], request_id)
     wait_until(
-        lambda: (
-            metric(serving, "monitor", "faaspipe_monitor_predictions_total", outcome="new") >= before + 200
-        ),
+        lambda: _stored(serving, f"perf-{tag}-") == 200,
         120,
         interval=0.5,
         what="the monitor to store the 200 predictions",
