@@ -11,7 +11,9 @@ changed, a small trial budget and a latency budget a busy 2-core box meets), tri
   ids so the idempotency store does not separate them): trial results of one study on both tune
   replicas, one completed study on both train replicas, drift of one model on both retrain
   replicas, two versions of one model on both promote replicas — no lost or doubled effect;
-* a promote replica waits for the model's decision lease held elsewhere.
+* a promote replica waits for the model's decision lease held elsewhere;
+* logged predictions of one model version spread over both monitor replicas fill shared
+  windows, and each window is checked by exactly one of them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from events import (
     DriftDetected,
     FeaturesMaterialised,
     ModelRegistered,
+    PredictionLogged,
     StudyCompleted,
     TrialFinished,
     rfc3339,
@@ -46,6 +49,7 @@ from shared.cloudevents_io import CloudEvent, parse_http, to_http
 from shared.contracts import get_contract
 from tests.conftest import TEST_PORT_BASE, Stack, running_stack, wait_until
 from tests.fixtures_model import dataset_csv
+from tests.functions.serve_recorder.client import metric_at
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +63,9 @@ FOLDERS = {
     "train": "train",
     "promote": "promote",
     "retrain-controller": "retrain",
+    "monitor": "monitor",
 }
+MONITOR_WINDOW = 20
 ENV = {
     "tune": {
         "FAASPIPE_TUNE_TRIALS": str(TRIALS),
@@ -67,6 +73,7 @@ ENV = {
         "FAASPIPE_TUNE_PATIENCE": "0",
     },
     "promote": {"FAASPIPE_PROMOTE_LATENCY_BUDGET_MS": "1000", "FAASPIPE_PROMOTE_FLOOR": "0.5"},
+    "monitor": {"FAASPIPE_DRIFT_WINDOW_SIZE": str(MONITOR_WINDOW), "FAASPIPE_DRIFT_MIN_WINDOW": "10"},
 }
 CHAIN_TIMEOUT_S = 420
 HTTP = urllib3.PoolManager(maxsize=16, retries=False, timeout=urllib3.Timeout(connect=5, read=600))
@@ -495,3 +502,48 @@ def test_a_promote_replica_decides_nothing_while_another_holds_the_model_lease(
         status, reply = answer.result()
     assert status == 200 and reply is not None
     assert s3_json(stack, layout.audit_record(name, version))["status"] == "final"
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+def test_predictions_spread_over_two_monitor_replicas_fill_shared_windows_checked_once(stack: Stack) -> None:
+    """Three windows' worth of one model version's predictions, each posted to one of the two
+    monitor replicas at once (and one redelivered to both): every prediction is stored once, and
+    exactly three windows are closed and checked, each by one replica. The version has no drift
+    reference, so each check ends as ``no_reference``: the count of checks is what matters."""
+    replicas = replica_urls(stack, "monitor")
+    version = uuid.uuid4().hex[:8]  # a model version of this test only: windows of its own
+
+    def logged(i: int) -> CloudEvent:
+        return PredictionLogged(
+            request_id=f"replicas-{version}-{i}",
+            model_name="replicas-m",
+            model_version=version,
+            route="json",
+            inputs={"torque_nm": 40.0 + i % 7},
+            output={"probability": 0.3, "label": 0},
+            latency_ms=5.0,
+        ).to_event(source=SOURCE, id=f"monitor-{version}-{i}")
+
+    events = [logged(i) for i in range(3 * MONITOR_WINDOW)]
+    calls = [(replicas[i % 2], e) for i, e in enumerate(events)]
+    calls += [(replicas[0], events[0]), (replicas[1], events[0])]  # a redelivery, on both
+    for start in range(0, len(calls), 8):
+        assert all(status in (200, 202) for status, _ in race(calls[start : start + 8]))
+
+    def checks() -> float:
+        return sum(
+            metric_at(url, "faaspipe_monitor_drift_checks_total", model="replicas-m", version=version)
+            for url in replicas
+        )
+
+    wait_until(lambda: checks() >= 3, timeout=60, interval=0.5, what="three windows checked")
+    time.sleep(2)  # a fourth (doubled) check would show up now
+    per_replica = [
+        metric_at(url, "faaspipe_monitor_drift_checks_total", model="replicas-m", version=version)
+        for url in replicas
+    ]
+    assert sum(per_replica) == 3, per_replica
+    new = sum(metric_at(url, "faaspipe_monitor_predictions_total", outcome="new") for url in replicas)
+    assert new == 3 * MONITOR_WINDOW  # the redelivery stored on neither replica a second time

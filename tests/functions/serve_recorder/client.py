@@ -26,7 +26,13 @@ def recorded(stack: Stack, event_type: str, subject: str | None = None) -> list[
 
 def metric(stack: Stack, function: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` on (one replica of) ``function`` matching ``labels``."""
-    resp = HTTP.request("GET", stack.config.function_url(function) + "metrics")
+    return metric_at(stack.config.function_url(function), name, **labels)
+
+
+def metric_at(base_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` matching ``labels`` at ``base_url`` + ``metrics`` (a
+    function through the gateway, or one replica's own address)."""
+    resp = HTTP.request("GET", base_url + "metrics")
     assert resp.status == 200, resp.data
     total = 0.0
     for line in resp.data.decode().splitlines():
