@@ -17,7 +17,7 @@ from functions.retrain.policy import PolicyConfig, RetrainState, on_decision, on
 from shared import layout
 from tests.conftest import Stack, wait_until
 from tests.fixtures_model import serving_stack
-from tests.functions.serve_recorder.client import metric, recorded
+from tests.functions.serve_recorder.client import metric_all, recorded
 
 RETRAIN = "dev.faaspipe.retrain.requested.v1"
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -120,7 +120,8 @@ def _state(stack: Stack, model_name: str) -> dict[str, Any] | None:
 
 
 def _decisions(stack: Stack, model_name: str, action: str) -> float:
-    return metric(
+    # summed over the controller's replicas: it scales out on a burst (maxReplicaCount 3)
+    return metric_all(
         stack, "retrain-controller", "faaspipe_retrain_decisions_total", model=model_name, action=action
     )
 

@@ -29,6 +29,17 @@ def metric(stack: Stack, function: str, name: str, **labels: str) -> float:
     return metric_at(stack.config.function_url(function), name, **labels)
 
 
+def metric_all(stack: Stack, function: str, name: str, **labels: str) -> float:
+    """Sum of ``name`` over every live replica of ``function`` (each at its own address, listed
+    by the supervisor): a function with several replicas counts each event on one of them."""
+    resp = HTTP.request("GET", stack.config.url("supervisor") + "/status")
+    assert resp.status == 200, resp.data
+    replicas = json.loads(resp.data)["functions"][function]["replicas"]
+    return sum(
+        metric_at(r["url"] + "/", name, **labels) for r in replicas if r.get("url") and r["state"] == "ready"
+    )
+
+
 def metric_at(base_url: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` matching ``labels`` at ``base_url`` + ``metrics`` (a
     function through the gateway, or one replica's own address)."""
