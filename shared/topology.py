@@ -23,7 +23,14 @@ DEFAULT_FUNCTION_DIRS = (REPO_ROOT / "functions",)
 KINDS = ("event", "http", "source", "grpc")
 GRPC_SUFFIX = "-grpc"  # a function's gRPC endpoint is the derived function <name>-grpc
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name
 _DURATION = re.compile(r"^PT(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+
+
+# The broker every trigger uses unless it names another, and the namespace of every broker:
+# the platform's namespace of the rendered base manifests (overlays rename it on the cluster).
+DEFAULT_BROKER = "faaspipe"
+DEFAULT_NAMESPACE = "faaspipe"
 
 
 class TopologyError(ValueError):
@@ -52,6 +59,9 @@ class Delivery:
     # feature); None or PT0S ignores the header.
     retry_after_max: str | None = None
     format: str | None = None  # json (structured) or binary; None: binary, as Knative defaults
+    # the fields given in the YAML (attribute names), so a merge can tell "unset" from a
+    # value equal to the default (:func:`merge_delivery`)
+    explicit: frozenset[str] = frozenset()
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based): ``backoffDelay * 2^n``
@@ -70,7 +80,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Trigger:
-    """A subscription of a function: a broker Trigger (filters on the broker topic), or, with
+    """A subscription of a function: a broker Trigger (filters on its broker's topic), or, with
     ``topic`` set, a KafkaSource reading that topic directly (every record, replies dropped).
     Both are delivered by the same dispatcher, as in eventing-kafka-broker's data plane."""
 
@@ -80,6 +90,7 @@ class Trigger:
     delivery: Delivery
     topic: str | None = None
     path: str = ""  # Knative subscriber.uri relative to the function's address, e.g. /hooks/x
+    broker: str = DEFAULT_BROKER  # Knative spec.broker: a broker of the same namespace
 
     @property
     def is_kafka_source(self) -> bool:
@@ -89,6 +100,46 @@ class Trigger:
     def consumer_group(self) -> str:
         kind = "source" if self.is_kafka_source else "trigger"
         return f"faaspipe.{kind}.{self.name}"
+
+
+DELIVERY_FIELDS = {  # Knative DeliverySpec field → Delivery attribute
+    "retry": "retry",
+    "backoffPolicy": "backoff_policy",
+    "backoffDelay": "backoff_delay",
+    "timeout": "timeout",
+    "deadLetterSink": "dead_letter_sink",
+    "retryAfterMax": "retry_after_max",
+    "format": "format",
+}
+
+
+def merge_delivery(own: Delivery, defaults: Delivery) -> Delivery:
+    """``own`` field by field over ``defaults``: a field ``own`` sets wins, an unset one is the
+    default's. A trigger's delivery over its broker's ``spec.delivery``, as eventing-kafka-broker
+    merges them (control-plane/pkg/reconciler/trigger/trigger.go: "Merge Broker and Trigger
+    egress configuration prioritizing the Trigger configuration", ``coreconfig.MergeEgressConfig``
+    in control-plane/pkg/core/config/utils.go); and a broker's over the platform's defaults
+    (``Delivery()``, rendered into every Broker as Knative's config-br-defaults would)."""
+    values = {a: getattr(own if a in own.explicit else defaults, a) for a in DELIVERY_FIELDS.values()}
+    return Delivery(**values, explicit=own.explicit | defaults.explicit)
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A Knative Broker (class Kafka): its own topic, triggers and ``spec.delivery`` defaults."""
+
+    name: str = DEFAULT_BROKER
+    namespace: str = DEFAULT_NAMESPACE
+    delivery: Delivery = field(default_factory=Delivery)  # the effective spec.delivery
+
+    @property
+    def ref(self) -> str:
+        """``<namespace>/<name>``: its ingress path (``/<namespace>/<name>``)."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT_BROKER and self.namespace == DEFAULT_NAMESPACE
 
 
 KPA_DEFAULT_WINDOW_S = 60.0
@@ -163,6 +214,12 @@ class Function:
 @dataclass(frozen=True)
 class Topology:
     functions: dict[str, Function]
+    # by name; the default broker is always there (shared/brokers.py reads the declarations)
+    brokers: dict[str, Broker] = field(default_factory=lambda: {DEFAULT_BROKER: Broker()})
+
+    def broker_of(self, trigger: Trigger) -> Broker:
+        """The broker a trigger subscribes to (load_topology has checked that it exists)."""
+        return self.brokers[trigger.broker]
 
     @property
     def triggers(self) -> list[Trigger]:
@@ -184,21 +241,15 @@ def _require(doc: dict[str, Any], key: str, where: str) -> Any:
     return doc[key]
 
 
-def _delivery(doc: dict[str, Any], where: str) -> Delivery:
-    """A DeliverySpec, checked with Knative's rules; each error names the field."""
-    names = {
-        "retry": "retry",
-        "backoffPolicy": "backoff_policy",
-        "backoffDelay": "backoff_delay",
-        "timeout": "timeout",
-        "deadLetterSink": "dead_letter_sink",
-        "retryAfterMax": "retry_after_max",
-        "format": "format",
-    }
+def parse_delivery(doc: dict[str, Any], where: str) -> Delivery:
+    """A DeliverySpec, checked with Knative's rules; each error names the field. Fields not
+    given keep ``Delivery``'s defaults and are not ``explicit``."""
+    names = DELIVERY_FIELDS
     unknown = set(doc) - set(names)
     if unknown:
         raise TopologyError(f"{where}.delivery: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
-    delivery = Delivery(**{names[k]: v for k, v in doc.items()})
+    given = {names[k]: v for k, v in doc.items()}
+    delivery = Delivery(**given, explicit=frozenset(given))
     retry = delivery.retry
     if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
         raise TopologyError(f"{where}.delivery.retry must be an integer >= 0, got {retry!r}")
@@ -306,11 +357,14 @@ def load_function(path: Path) -> Function:
             check_filters(filters)
         except ValueError as exc:
             raise TopologyError(f"{t_where}.filters: {exc}") from exc
-        unknown = set(t) - {"name", "filters", "delivery", "path"}
+        unknown = set(t) - {"name", "filters", "delivery", "path", "broker"}
         if unknown:
             raise TopologyError(
-                f"{t_where}: unknown field(s) {sorted(unknown)}; known: delivery, filters, name, path"
+                f"{t_where}: unknown field(s) {sorted(unknown)}; known: broker, delivery, filters, name, path"
             )
+        broker = t.get("broker", DEFAULT_BROKER)
+        if not isinstance(broker, str) or not DNS_LABEL.match(broker):
+            raise TopologyError(f"{t_where}.broker must be a broker's name (a DNS label), got {broker!r}")
         sub_path = str(t.get("path", ""))
         if sub_path and (
             not sub_path.startswith("/") or "//" in sub_path or any(c in sub_path for c in "?# ")
@@ -318,8 +372,8 @@ def load_function(path: Path) -> Function:
             raise TopologyError(
                 f"{t_where}.path must be an absolute URL path like /hooks/x, got {sub_path!r}"
             )
-        delivery = _delivery(t.get("delivery", {}) or {}, t_where)
-        triggers.append(Trigger(t_name, name, filters, delivery, path=sub_path))
+        delivery = parse_delivery(t.get("delivery", {}) or {}, t_where)
+        triggers.append(Trigger(t_name, name, filters, delivery, path=sub_path, broker=broker))
     sources = []
     for i, k in enumerate(doc.get("kafkaSources", []) or []):
         k_where = f"{where}: kafkaSources[{i}]"
@@ -329,7 +383,7 @@ def load_function(path: Path) -> Function:
                 f"{k_where}: unknown field(s) {sorted(unknown)}; known: delivery, name, topic"
             )
         topic = str(_require(k, "topic", k_where))
-        delivery = _delivery(k.get("delivery", {}) or {}, k_where)
+        delivery = parse_delivery(k.get("delivery", {}) or {}, k_where)
         sources.append(Trigger(_require(k, "name", k_where), name, (), delivery, topic=topic))
     if (triggers or sources) and kind == "source":
         raise TopologyError(f"{where}: a source emits events; it cannot subscribe to triggers")
@@ -406,7 +460,12 @@ def grpc_function(fn: Function) -> Function | None:
 
 
 def load_topology(dirs: Iterable[Path] = DEFAULT_FUNCTION_DIRS) -> Topology:
-    """Every ``*/function.yaml`` below the given directories; names must be unique."""
+    """Every ``*/function.yaml`` below the given directories; names must be unique. The
+    brokers are the default plus those of each directory's ``brokers.yaml``; each trigger's
+    delivery is merged over its broker's (:mod:`shared.brokers`)."""
+    from shared.brokers import bind_triggers, load_brokers  # local import: it imports this module
+
+    dirs = tuple(dirs)
     functions: dict[str, Function] = {}
     trigger_names: set[str] = set()
     for directory in dirs:
@@ -422,4 +481,5 @@ def load_topology(dirs: Iterable[Path] = DEFAULT_FUNCTION_DIRS) -> Topology:
                 if declared.name in functions:
                     raise TopologyError(f"{path}: function {declared.name!r} is declared twice")
                 functions[declared.name] = declared
-    return Topology(functions)
+    brokers = load_brokers(dirs)
+    return Topology(bind_triggers(functions, brokers), brokers)

@@ -53,10 +53,15 @@ def _delivered(stack: Stack, event_id: str, what: str, count: int = 1) -> list[d
 
 
 def _dead_letter(stack: Stack, event_id: str) -> wire.WireEvent | None:
+    return _in_topic(stack, stack.config.dlq_topic, event_id)
+
+
+def _in_topic(stack: Stack, topic: str, event_id: str) -> wire.WireEvent | None:
+    """The event with ``event_id`` in ``topic``, read from the beginning to the true log end."""
     cfg = stack.config
     consumer = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(cfg.dlq_topic, p) for p in consumer.partitions_for_topic(cfg.dlq_topic) or ()]
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         ends = true_end_offsets(consumer, parts)
         consumer.assign(parts)
         consumer.resume(*parts)
@@ -219,3 +224,59 @@ def test_trigger_subscriber_path(stack: Stack) -> None:
     assert stack.post_raw(b"", headers).status == 202
     got = _delivered(stack, headers["ce-id"], "the delivery on its path")[0]
     assert (got["trigger"], got["path"]) == ("conf-path", "/hooks/conformance")
+
+
+# --- several brokers -------------------------------------------------------------------------
+# tests/functions/brokers.yaml declares the broker faaspipe/conformance (retry 1); its trigger
+# conf-other-broker has conf-binary's filter and no delivery of its own.
+
+
+def _post_to(stack: Stack, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+    return HTTP.request("POST", stack.config.url("ingress") + path, body=body, headers=headers).status
+
+
+def test_an_event_reaches_only_its_brokers_triggers(stack: Stack) -> None:
+    """Knative Broker: a Trigger subscribes to the events of its ``spec.broker`` only; the Kafka
+    broker gives each Broker its own topic. The same type is posted to each broker: each event
+    is in its broker's topic only, and delivered by that broker's trigger only."""
+    other, default = _headers("com.example.conformance.v1"), _headers("com.example.conformance.v1")
+    assert _post_to(stack, "/faaspipe/conformance", other) == 202
+    assert _post_to(stack, "/faaspipe/faaspipe", default) == 202
+    got = _delivered(stack, other["ce-id"], "the second broker's delivery")
+    assert [(g["trigger"], g["path"]) for g in got] == [("conf-other-broker", "/hooks/other-broker")]
+    assert [g["trigger"] for g in _delivered(stack, default["ce-id"], "the default's")] == ["conf-binary"]
+    cfg = stack.config
+    assert _in_topic(stack, cfg.broker_topic + ".conformance", other["ce-id"]) is not None
+    assert _in_topic(stack, cfg.broker_topic, other["ce-id"]) is None
+    assert _in_topic(stack, cfg.broker_topic + ".conformance", default["ce-id"]) is None
+    assert len(_deliveries(stack, other["ce-id"])) == len(_deliveries(stack, default["ce-id"])) == 1
+
+
+def test_a_trigger_takes_its_brokers_delivery_defaults(stack: Stack) -> None:
+    """eventing-kafka-broker trigger.go: the trigger's delivery merged over the broker's
+    (``MergeEgressConfig``): conf-other-broker sets none, so the broker's retry 1 holds (two
+    attempts, not the platform's four), then the broker's dead-letter sink."""
+    headers = _headers("com.example.conformance.v1", **{"ce-conformance": "fail"})
+    assert _post_to(stack, "/faaspipe/conformance", headers) == 202
+    dead = wait_until(lambda: _dead_letter(stack, headers["ce-id"]), 60, what="the dead letter")
+    assert dead.get("knativeerrorcode") == "500" and dead.get("faaspipetrigger") == "conf-other-broker"
+    assert [g["attempt"] for g in _deliveries(stack, headers["ce-id"])] == [1, 2]
+
+
+def test_a_reply_goes_back_to_the_triggers_broker(stack: Stack) -> None:
+    """data-plane.md Derived (Reply) Events: the reply is sent to the broker the event came
+    from. conf-replied (default broker) must not see a reply made on faaspipe/conformance."""
+    headers = _headers("com.example.conformance.v1", **{"ce-conformance": "reply"})
+    assert _post_to(stack, "/faaspipe/conformance", headers) == 202
+    _delivered(stack, headers["ce-id"], "the delivery that replies")
+    reply_id = f"reply-{headers['ce-id']}"
+    topic = stack.config.broker_topic + ".conformance"
+    wait_until(lambda: _in_topic(stack, topic, reply_id), 30, what="the reply in the second broker's topic")
+    assert _in_topic(stack, stack.config.broker_topic, reply_id) is None
+    assert _deliveries(stack, reply_id) == []
+
+
+@pytest.mark.parametrize("path", ["/faaspipe/undeclared", "/elsewhere/faaspipe", "/elsewhere/conformance"])
+def test_an_undeclared_broker_is_404(stack: Stack, path: str) -> None:
+    """Knative's broker ingress answers 404 for a broker it does not know."""
+    assert _post_to(stack, path, _headers("com.example.conformance.v1")) == 404

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from localdev.aio import run_forever
 from localdev.broker.delivery import Deliverer
 from localdev.broker.dispatcher import BrokerTopics, TriggerDispatcher, start_dispatchers
+from localdev.broker.topics import broker_ingress_url, broker_topic
 from localdev.config import StackConfig
 from shared.auth.bearer import bearer
 from shared.auth.identity import subscription_subject
@@ -103,8 +104,16 @@ def main(argv: list[str] | None = None) -> None:
         retries=5,
         max_request_size=MAX_EVENT_BYTES + 64 * 1024,
     )
-    topics = BrokerTopics(config.kafka_bootstrap, config.broker_topic, config.dlq_topic)
-    deliverer = Deliverer(config.ingress_url, subscription_authorization(config, topology))
+    authorization = subscription_authorization(config, topology)
+    # per broker: its topic, which its triggers read, and its ingress, where their replies go
+    # (Knative sends a trigger's replies back to its broker); Kafka sources read their own topic
+    brokers = {
+        name: (
+            BrokerTopics(config.kafka_bootstrap, broker_topic(config, b), config.dlq_topic),
+            Deliverer(broker_ingress_url(config, b), authorization),
+        )
+        for name, b in topology.brokers.items()
+    }
     dispatchers: list[TriggerDispatcher] = []
 
     async def watchdog() -> None:
@@ -118,18 +127,19 @@ def main(argv: list[str] | None = None) -> None:
             await asyncio.sleep(0.2)
 
     async def on_start() -> None:
-        await deliverer.open()
         loop = asyncio.get_running_loop()
-        dispatchers.extend(
-            start_dispatchers(
-                topology.subscriptions,
-                lambda t: config.function_url(t.function).rstrip("/") + (t.path or "/"),
-                topics,
-                deliverer,
-                producer,
-                loop,
+        for name, (topics, deliverer) in brokers.items():
+            await deliverer.open()
+            dispatchers.extend(
+                start_dispatchers(
+                    [s for s in topology.subscriptions if s.broker == name],
+                    lambda t: config.function_url(t.function).rstrip("/") + (t.path or "/"),
+                    topics,
+                    deliverer,
+                    producer,
+                    loop,
+                )
             )
-        )
         loop.create_task(watchdog())
 
     async def on_stop() -> None:
@@ -138,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         # the consumer threads drain (await their deliveries on this loop), then commit
         await loop.run_in_executor(None, lambda: [d.join(timeout=30) for d in dispatchers])
-        await deliverer.close()
+        for _topics, deliverer in brokers.values():
+            await deliverer.close()
         producer.flush(5)
         producer.close(5)
 

@@ -20,6 +20,7 @@ from events import rfc3339
 from localdev.actor import cli_actor
 from localdev.broker import wire
 from localdev.broker.protocol import REPLAY_TARGET
+from localdev.broker.topics import subscription_topic
 from localdev.config import StackConfig
 from shared.kafka_offsets import true_end_offsets
 from shared.topology import load_topology
@@ -125,9 +126,9 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
         and (refs is None or d.ref in refs or d.event.id in refs)
         and (trigger is None or d.event.get("faaspipetrigger") == trigger)
     ]
-    source_topics = {
-        t.name: t.topic for t in load_topology(config.function_dirs).subscriptions if t.topic is not None
-    }
+    topology = load_topology(config.function_dirs)
+    # back to the topic its trigger reads: its broker's, or a Kafka source's own
+    topics = {t.name: subscription_topic(config, topology, t) for t in topology.subscriptions}
     actor = cli_actor(config)
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
     try:
@@ -135,7 +136,7 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
             target = letter.event.get("faaspipetrigger")
             event = letter.event.with_attributes(drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
             key, headers, value = wire.to_kafka(event)
-            topic = source_topics.get(str(target), config.broker_topic)
+            topic = topics.get(str(target), config.broker_topic)
             producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
             marker = json.dumps(
                 {"id": letter.event.id, "trigger": target, "by": actor, "at": rfc3339()}

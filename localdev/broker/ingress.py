@@ -1,4 +1,8 @@
-"""Broker ingress: accepts CloudEvents over HTTP and appends them to the broker topic.
+"""Broker ingress: accepts CloudEvents over HTTP and appends them to their broker's topic.
+
+``POST /<namespace>/<broker>`` appends to that broker's topic (:mod:`localdev.broker.topics`),
+``POST /`` to the default broker's; a broker the topology does not declare is ``404``, as
+Knative's broker ingress answers for an unknown broker, before anything else is checked.
 
 An aiohttp app on one event loop. Each request gets its ``202`` only after Kafka acknowledged
 its own record (acks=all), but no request holds a thread while it waits: the producer batches
@@ -15,7 +19,9 @@ With auth on (:class:`IngressAuth`, ``FAASPIPE_AUTH``), the ingress checks each 
 Knative's broker ingress does with ``authentication-oidc`` enabled (eventing
 ``pkg/auth/verifier.go``): no or an invalid bearer token is ``401``; a subject that no
 EventPolicy allows to post this event (type, source, ...: the policy's filters) is ``403``;
-either way nothing enters the log, and the refusal is counted under its outcome.
+either way nothing enters the log, and the refusal is counted under its outcome. The
+EventPolicies are the default broker's (rendered ``to`` it); another broker has none, so
+Knative's default authorization mode decides for it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,7 @@ from shared.auth.pipeline import pipeline_policies
 from shared.auth.policy import DEFAULT_MODE, EventPolicy, authorize
 from shared.auth.tokens import Claims, TokenVerifier
 from shared.cloudevents_io import InvalidCloudEvent, from_kafka
-from shared.topology import load_topology
+from shared.topology import DEFAULT_BROKER, DEFAULT_NAMESPACE, load_topology
 
 log = logging.getLogger("faaspipe.ingress")
 
@@ -79,8 +85,9 @@ class IngressAuth:
     def authenticate(self, headers: Any) -> Claims:
         return authenticate(headers, self.verifier)
 
-    def authorize(self, claims: Claims, event: wire.WireEvent) -> None:
-        authorize(claims.sub, event.attributes, self.policies, default_mode=self.default_mode)
+    def authorize(self, claims: Claims, event: wire.WireEvent, *, default_broker: bool = True) -> None:
+        policies = self.policies if default_broker else ()
+        authorize(claims.sub, event.attributes, policies, default_mode=self.default_mode)
 
 
 def acknowledged(send_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
@@ -108,10 +115,18 @@ def create_ingress_app(
     *,
     strict_types: bool,
     auth: IngressAuth | None = None,
+    routes: Mapping[tuple[str, str], str] | None = None,
 ) -> web.Application:
-    """``auth`` None: no authentication (the loopback default)."""
+    """``topic``: the default broker's (``POST /``); ``routes``: ``(namespace, broker)`` → topic
+    of every broker, the default's included (None: the default broker only). ``auth`` None:
+    no authentication (the loopback default)."""
+    brokers = dict(routes) if routes is not None else {(DEFAULT_NAMESPACE, DEFAULT_BROKER): topic}
 
     async def ingest(request: web.Request) -> web.Response:
+        namespace, name = request.match_info.get("namespace"), request.match_info.get("broker")
+        target = topic if namespace is None else brokers.get((namespace, str(name)))
+        if target is None:
+            return _refuse(404, "unknown_broker", f"no broker {namespace}/{name}")
         if not ready.is_set():
             return _refuse(503, "not_ready", "broker is starting: triggers are not ready yet")
         claims = None
@@ -129,7 +144,7 @@ def create_ingress_app(
         try:
             event = wire.from_http(request.headers, body)
             if auth is not None and claims is not None:  # who may post it, before what it says
-                auth.authorize(claims, event)
+                auth.authorize(claims, event, default_broker=target == topic)
             foreign = True
             if is_checked(event.type, strict_types=strict_types):
                 # the catalogue checks the SDK's view of a copy; what is appended is ``event``
@@ -153,7 +168,7 @@ def create_ingress_app(
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            sent = producer.send(topic, key=key, value=value, headers=headers)
+            sent = producer.send(target, key=key, value=value, headers=headers)
             await asyncio.wait_for(acknowledged(sent, loop), PRODUCE_TIMEOUT_S)
         except (KafkaError, TimeoutError) as exc:
             log.error("append of event %s failed: %s", event.id, exc)

@@ -1,9 +1,10 @@
-"""The broker's ingress process: CloudEvents in over HTTP, appended to the broker topic.
+"""The broker's ingress process: CloudEvents in over HTTP, appended to their broker's topic.
 
 Run by the supervisor as ``python -m localdev.broker.server --state-dir DIR`` once the
 dispatcher process (``localdev.broker.dispatch_server``) reports every trigger ready, so an
 accepted event is never older than the consumer groups that must see it. Serves ``POST /``
-(and ``/<namespace>/<broker>``), ``/health/readiness``, ``/health/liveness`` and ``/metrics``.
+(the default broker) and ``/<namespace>/<broker>`` (each broker of the topology, its own
+topic; 404 for any other), ``/health/readiness``, ``/health/liveness`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from events.admission import strict_types_from_env
 from localdev.aio import run_forever
 from localdev.broker.ingress import IngressAuth, create_ingress_app
+from localdev.broker.topics import ingress_routes
 from localdev.config import StackConfig
+from shared.topology import load_topology
 
 log = logging.getLogger("faaspipe.broker")
 MAX_EVENT_BYTES = int(os.environ.get("FAASPIPE_MAX_EVENT_BYTES", str(1024 * 1024)))
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         max_request_size=MAX_EVENT_BYTES + 64 * 1024,
     )
     ready = threading.Event()
+    routes = ingress_routes(config, load_topology(config.function_dirs))
     app = create_ingress_app(
         producer,
         config.broker_topic,
@@ -71,12 +75,14 @@ def main(argv: list[str] | None = None) -> None:
         auth=IngressAuth.for_stack(config.auth.verifier(), config.function_dirs)
         if config.auth.enabled
         else None,
+        routes=routes,
     )
     add_health_routes(app, ready)
 
     async def on_start() -> None:
-        # metadata of the broker topic before the first request: no request pays for it
-        producer.partitions_for(config.broker_topic)
+        # metadata of the brokers' topics before the first request: no request pays for it
+        for topic in sorted(set(routes.values())):
+            producer.partitions_for(topic)
         ready.set()
         log.info("ingress ready on port %d", config.ports["ingress"])
 

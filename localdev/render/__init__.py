@@ -6,11 +6,13 @@ Every ``functions/*/function.yaml`` becomes, under ``manifests/base/``:
   function's module and kind, image ``<registry>/<environment>`` (one image per dependency
   group), scaled by the KPA on request concurrency between the topology's min and max;
 - a ``SinkBinding`` injecting ``K_SINK`` = the broker, so any function can emit events;
-- one Knative ``Trigger`` per topology trigger: same filters (Knative's ``spec.filters``
-  dialects), same delivery (retry, backoff, timeout, dead letters to the DLQ ``KafkaSink``),
+- one Knative ``Trigger`` per topology trigger: its ``spec.broker``, same filters (Knative's
+  ``spec.filters`` dialects), same delivery, merged over its broker's (retry, backoff,
+  timeout, dead letters to the DLQ ``KafkaSink``),
   and KEDA annotations scaling the trigger's Kafka consumer group on lag.
 
-Plus the platform: the Kafka ``Broker`` with its ConfigMap and DLQ ``KafkaSink``, the
+Plus the platform: a Kafka ``Broker`` per broker of the topology (``brokers.yaml``, its
+``spec.delivery``), their ConfigMap and DLQ ``KafkaSink``, the
 ``faaspipe-platform`` ConfigMap (where the functions find Kafka, S3, MLflow, Redis), MLflow
 (Deployment + Service), a ServiceAccount and the Namespace. ``manifests/overlays/{dev,prod}`` are kustomize overlays whose patches are generated
 here too. ``manifests/README.md`` is generated as well (deployment notes + function table),

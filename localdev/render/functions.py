@@ -160,7 +160,7 @@ def trigger_annotations(fn: Function) -> dict[str, str]:
 
 def knative_trigger(fn: Function, trigger: Trigger) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "broker": BROKER,
+        "broker": trigger.broker,
         "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": fn.name}},
         "delivery": knative_delivery(trigger.delivery),
     }

@@ -29,7 +29,7 @@ def render_files(topology: Topology, settings: ClusterSettings | None = None) ->
     files = {
         "base/namespace.yaml": dump_docs([namespace_doc()]),
         "base/platform.yaml": dump_docs(platform_docs(settings)),
-        "base/broker.yaml": dump_docs(broker_docs(settings)),
+        "base/broker.yaml": dump_docs(broker_docs(settings, topology)),
         "base/mlflow.yaml": dump_docs(mlflow_docs(settings)),
         "base/auth.yaml": dump_docs(auth_docs(topology)),
     }

@@ -1,5 +1,5 @@
 """The platform's manifests: Namespace, ServiceAccount and ``faaspipe-platform`` ConfigMap, the
-Kafka Broker with its ConfigMap and DLQ KafkaSink, MLflow."""
+Kafka Brokers (one per broker of the topology) with their ConfigMap and DLQ KafkaSink, MLflow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from localdev.render.eventing import knative_delivery
 from localdev.render.meta import object_labels, object_meta
 from localdev.render.settings import (
     BASE_RESOURCES,
-    BROKER,
     DLQ_SINK,
     MLFLOW_SECRET,
     PLATFORM,
@@ -21,7 +20,7 @@ from localdev.render.settings import (
 )
 from shared.function_runtime import Services
 from shared.function_runtime import platform_env as runtime_platform_env
-from shared.topology import Delivery
+from shared.topology import Broker, Topology
 
 
 def namespace_doc() -> dict[str, Any]:
@@ -77,8 +76,21 @@ def platform_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
     ]
 
 
-def broker_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
-    defaults = Delivery()
+def broker_doc(broker: Broker) -> dict[str, Any]:
+    """A Kafka Broker: its ``spec.delivery`` is the broker's delivery defaults (the platform's,
+    overridden by its declaration); each Broker gets its own topic on the cluster."""
+    return {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": object_meta(broker.name, "broker", {"eventing.knative.dev/broker.class": "Kafka"}),
+        "spec": {
+            "config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka-broker-config"},
+            "delivery": knative_delivery(broker.delivery),
+        },
+    }
+
+
+def broker_docs(settings: ClusterSettings, topology: Topology) -> list[dict[str, Any]]:
     return [
         {
             "apiVersion": "v1",
@@ -90,15 +102,7 @@ def broker_docs(settings: ClusterSettings) -> list[dict[str, Any]]:
                 "default.topic.replication.factor": str(settings.replication),
             },
         },
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Broker",
-            "metadata": object_meta(BROKER, "broker", {"eventing.knative.dev/broker.class": "Kafka"}),
-            "spec": {
-                "config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka-broker-config"},
-                "delivery": knative_delivery(defaults),
-            },
-        },
+        *(broker_doc(b) for b in topology.brokers.values()),
         {
             "apiVersion": "eventing.knative.dev/v1alpha1",
             "kind": "KafkaSink",

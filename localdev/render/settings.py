@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 from localdev.config import StackConfig
 from shared.function_runtime import SECRET_NAMES
-from shared.topology import REPO_ROOT
+from shared.topology import DEFAULT_BROKER, REPO_ROOT
 
 PORT = 8080
 GRPC_METRICS_PORT = 9091  # a gRPC replica's /metrics (its one Knative port speaks h2c)
-BROKER = "faaspipe"
+BROKER = DEFAULT_BROKER  # the default broker: K_SINK, EventPolicies, the platform topic
 DLQ_SINK = "faaspipe-dlq"
 PLATFORM = "faaspipe-platform"  # ConfigMap (addresses) and Secret (S3 keys) of that name
 MLFLOW_SECRET = "mlflow-backend"
