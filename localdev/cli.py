@@ -75,8 +75,12 @@ def _print_status(status: dict) -> None:  # type: ignore[type-arg]
         print(
             f"  fn {name:<14} {ready}/{scaling.get('desired', len(fn['replicas']))} ready  {load:<12} {fn['url']}"
         )
-        if fn["triggers"]:
-            print(f"     triggers: {', '.join(fn['triggers'])}")
+        for trigger in fn["triggers"]:
+            t = (scaling.get("triggers") or {}).get(trigger) or {}
+            print(
+                f"     trigger {trigger}: {t.get('consumers', '?')} consumer(s), lag {t.get('lag')}"
+                + (f"; {t['decision']}" if t.get("decision") else "")
+            )
         if scaling.get("decision"):
             print(f"     autoscaler: {scaling['decision']}")
         if scaling.get("poll_error"):

@@ -1,9 +1,13 @@
 """Replica-count decisions for request traffic, as Knative's KPA makes them. Pure logic.
 
-Knative KPA (http functions): desired = ceil(concurrency / target) over the stable window
-(or the panic window when that is higher), between min and max; to zero after the
-scale-to-zero grace period without requests. The activator holds requests meanwhile.
-Lag scaling is KEDA's, ported in ``localdev/keda/``.
+Knative KPA (every function: http requests and the dispatchers' pushes alike):
+desired = ceil(concurrency / target) over the stable window (or the panic window when that
+is higher), between min and max; to zero after the scale-to-zero grace period without
+requests. The activator holds requests meanwhile. The target is Knative's
+(knative/serving ``pkg/reconciler/autoscaling/resources/target.go``, ``ResolveMetricTarget``):
+the ``target`` annotation, lowered to ``containerConcurrency`` when that is set, times the
+target utilisation (70 % unless ``targetUtilizationPercentage`` says otherwise), at least 0.01.
+Lag scaling is KEDA's, ported in ``localdev/keda/``: it decides a trigger's consumers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ class ScaleState:
     history: list[tuple[float, int, str]] = field(default_factory=list)
 
 
+TARGET_MIN = 0.01  # knative/serving pkg/apis/autoscaling: TargetMin
+
+
+def kpa_target(policy: Scaling, container_concurrency: int) -> float:
+    """The concurrency per replica the KPA aims at (``ResolveMetricTarget``, concurrency metric)."""
+    total = float(policy.concurrency_target)
+    if container_concurrency > 0:
+        total = min(total, float(container_concurrency))
+    return max(TARGET_MIN, total * policy.target_utilization_percentage / 100.0)
+
+
 def kpa_desired(
     concurrency_stable: float,
     concurrency_panic: float,
@@ -33,9 +48,10 @@ def kpa_desired(
     policy: Scaling,
     state: ScaleState,
     now: float,
+    container_concurrency: int = 0,
 ) -> tuple[int, str]:
     """Replica count for observed request concurrency (averages over the two windows)."""
-    target_per_replica = max(1, policy.concurrency_target)
+    target_per_replica = kpa_target(policy, container_concurrency)
     observed = max(concurrency_stable, concurrency_panic)
     if observed > 0 or idle_s < policy.cooldown_period_s:
         if observed > 0:
@@ -44,7 +60,7 @@ def kpa_desired(
         target = min(
             max(want, 1 if (observed > 0 or current > 0) else 0, policy.min_replicas), policy.max_replicas
         )
-        reason = f"concurrency {observed:.2f} / target {target_per_replica} -> {want}"
+        reason = f"concurrency {observed:.2f} / target {target_per_replica:g} -> {want}"
         if observed == 0:
             reason = f"no requests for {idle_s:.0f}s (grace {policy.cooldown_period_s:.0f}s)"
     else:

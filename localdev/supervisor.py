@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from localdev import components
 from localdev.autoscaler import Autoscaler, LagReader
-from localdev.broker.topics import broker_topic, subscription_topic
+from localdev.broker.topics import broker_topic, subscription_topics
 from localdev.config import StackConfig
 from localdev.gateway import Gateway
 from localdev.grpc_front import GrpcFront
@@ -38,23 +38,12 @@ from localdev.processes import Child, kill_leftovers, pick_port
 from shared.auth import AuthError, Forbidden
 from shared.auth.bearer import authenticate
 from shared.auth.identity import is_admin
-from shared.topology import Function, Topology, Trigger, load_topology
+from shared.topology import Function, load_topology
 
 log = logging.getLogger("faaspipe.supervisor")
 
 RESTARTS = Counter("faaspipe_supervisor_restarts_total", "Child restarts", ["component"])
 READY = Gauge("faaspipe_component_ready", "1 when the component is ready", ["component"])
-
-
-class BrokerLagReader(LagReader):
-    """The autoscaler's lag reader, reading each trigger's lag on its own broker's topic."""
-
-    def __init__(self, config: StackConfig, topology: Topology) -> None:
-        super().__init__(config.kafka_bootstrap, config.broker_topic, config.url("dispatcher"))
-        self._topics = {s.name: subscription_topic(config, topology, s) for s in topology.subscriptions}
-
-    def topic_of(self, trigger: Trigger) -> str:
-        return self._topics.get(trigger.name) or super().topic_of(trigger)
 
 
 class StartupError(RuntimeError):
@@ -212,7 +201,11 @@ class Supervisor:
         # triggers first: an event the ingress accepts is never older than their consumer groups
         self._start(components.dispatcher(self.config), timeout)
         self._start(components.broker(self.config), timeout)
-        lag_reader = BrokerLagReader(self.config, self.topology)
+        lag_reader = LagReader(
+            self.config.kafka_bootstrap,
+            subscription_topics(self.config, self.topology),
+            self.config.url("dispatcher"),
+        )
         self.autoscaler = Autoscaler(
             [fr.function for fr in self.functions.values()],
             self.gateway,

@@ -150,6 +150,7 @@ def group_lag(
     admin: KafkaAdminClient | None = None,
     consumer: KafkaConsumer | None = None,
     timeout_s: float = 5.0,
+    ends: dict[TopicPartition, int] | None = None,
 ) -> GroupLag:
     """Lag of consumer group ``group`` on ``topic``: true log end minus committed offset.
 
@@ -161,6 +162,7 @@ def group_lag(
     offset -1) has ``committed=None`` and lag 0, one missing from the end-offsets answer
     ``end=None`` and lag 0, and a committed offset beyond the end (a stale end) lag 0. The
     autoscaler applies KEDA's rules to ``committed`` and ``end`` itself (``localdev/keda``).
+    ``ends``: the topic's true log ends, when already read for another group this round.
     """
     own_admin = admin is None
     own_consumer = consumer is None
@@ -173,7 +175,8 @@ def group_lag(
         if not partitions:
             return GroupLag(group, topic, [])
         committed = _committed_offsets(admin, group, partitions)
-        ends = true_end_offsets(consumer, partitions, timeout_s)
+        if ends is None:
+            ends = true_end_offsets(consumer, partitions, timeout_s)
         result = GroupLag(group, topic, [])
         for tp in partitions:
             meta = committed.get(tp)

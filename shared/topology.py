@@ -158,6 +158,9 @@ class Scaling:
     cooldown_period_s: float = 60.0
     polling_interval_s: float = 1.0
     concurrency_target: int = 10
+    # Knative's ``autoscaling.knative.dev/target-utilization-percentage`` (1-100, default 70):
+    # the KPA aims at this share of the target (localdev/scaling_policy.py, kpa_target)
+    target_utilization_percentage: float = 70.0
     scale_down_stabilization_s: float = 30.0
     # Knative KPA stable window (``autoscaling.knative.dev/window``, 6 s..1 h): request
     # concurrency is averaged over it, and the last replica goes only after a whole window
@@ -290,6 +293,7 @@ def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
         "cooldownPeriod": ("cooldown_period_s", float, 0),
         "pollingInterval": ("polling_interval_s", float, 0.1),
         "concurrencyTarget": ("concurrency_target", int, 1),
+        "targetUtilizationPercentage": ("target_utilization_percentage", float, 1),
         "scaleDownStabilization": ("scale_down_stabilization_s", float, 0),
         "stableWindow": ("stable_window_s", float, 0),
     }
@@ -316,6 +320,11 @@ def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
         raise TopologyError(
             f"{where}.scaling.stableWindow must be between {low:.0f} and {high:.0f} seconds "
             f"(Knative's range), got {scaling.stable_window_s}"
+        )
+    if scaling.target_utilization_percentage > 100:
+        raise TopologyError(
+            f"{where}.scaling.targetUtilizationPercentage must be between 1 and 100 (Knative's "
+            f"range), got {scaling.target_utilization_percentage:g}"
         )
     if scaling.min_replicas > scaling.max_replicas:
         raise TopologyError(

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from localdev.broker.topics import broker_ingress_url, broker_topic, ingress_routes, subscription_topic
+from localdev.broker.topics import (
+    broker_ingress_url,
+    broker_topic,
+    ingress_routes,
+    subscription_topic,
+    subscription_topics,
+)
 from localdev.config import StackConfig
 from localdev.render.output import render_files
 from shared.topology import (
@@ -151,11 +157,8 @@ def test_each_broker_has_its_topic_route_and_reply_address(tmp_path: Path) -> No
     }
     assert broker_ingress_url(config, default) == config.ingress_url
     assert broker_ingress_url(config, orders) == config.ingress_url + "faaspipe/orders"
-    from localdev.supervisor import BrokerLagReader  # the autoscaler reads lag on that topic
-
-    reader = BrokerLagReader(config, topology)
-    assert reader.topic_of(topology.triggers[0]) == "faaspipe.broker.orders"
-    reader.close()
+    # the autoscaler reads each trigger's lag on its broker's topic
+    assert subscription_topics(config, topology) == {topology.triggers[0].name: "faaspipe.broker.orders"}
 
 
 def test_render_gives_one_broker_each_and_triggers_their_broker(tmp_path: Path) -> None:

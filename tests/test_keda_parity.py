@@ -1,5 +1,6 @@
-"""One topology, one set of KEDA decisions: what ``render`` writes for the cluster, read back
-as KEDA reads it, decides exactly as localdev does on the same backlog."""
+"""One topology, one set of decisions: what ``render`` writes for the cluster, read back as
+KEDA and Knative read it, decides exactly as localdev does on the same backlog (KEDA, a
+trigger's consumers) and the same pushed concurrency (the KPA's target, a function's replicas)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from localdev.keda.executor import Bounds, HpaState, decide
 from localdev.keda.lag import PartitionOffsets, total_lag
 from localdev.render import CLUSTER_KEDA_OPTIONS, ClusterSettings, function_service, keda_annotations
+from localdev.scaling_policy import TARGET_MIN, kpa_target
 from shared.keda_metadata import KafkaScalerMetadata
 from shared.topology import REPO_ROOT, Function, TopologyError, load_function, load_topology
 
@@ -68,3 +70,26 @@ def test_render_refuses_an_option_the_cluster_would_ignore() -> None:
     fn = replace(fn, scaling=replace(fn.scaling, keda=replace(fn.scaling.keda, allow_idle_consumers=True)))
     with pytest.raises(TopologyError, match=r"scaling\.allowIdleConsumers"):
         keda_annotations(fn)
+
+
+def _knative_target(service: dict) -> float:  # type: ignore[type-arg]
+    """knative/serving ``ResolveMetricTarget`` (concurrency metric, target annotation set) over
+    the rendered Service, as the PodAutoscaler would see it."""
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    total = float(annotations["autoscaling.knative.dev/target"])
+    cc = int(template["spec"].get("containerConcurrency", 0))
+    if cc:
+        total = min(total, float(cc))
+    utilisation = float(annotations.get("autoscaling.knative.dev/target-utilization-percentage", "70")) / 100
+    return max(TARGET_MIN, total * utilisation)
+
+
+@pytest.mark.parametrize("fn", list(load_topology().functions.values()), ids=lambda f: f.name)
+def test_rendered_kpa_target_is_localdevs(fn: Function) -> None:
+    service = function_service(fn, ClusterSettings())
+    assert (
+        service["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/metric"]
+        == "concurrency"
+    )
+    assert _knative_target(service) == pytest.approx(kpa_target(fn.scaling, fn.concurrency))

@@ -376,18 +376,6 @@ def test_total_lag(
     assert (result.metric, result.capped_at) == (metric, capped_at), source
 
 
-def test_a_backlog_count_is_capped_as_kafka_lag_is() -> None:
-    """localdev's backlog form (localdev/autoscaler.py) goes through getTotalLag's cap."""
-    from localdev.keda.lag import backlog_lag
-
-    assert (
-        backlog_lag(100, 4, KafkaScalerMetadata()).metric,
-        backlog_lag(100, 4, KafkaScalerMetadata()).capped_at,
-    ) == (40, 4)
-    idle = KafkaScalerMetadata(allow_idle_consumers=True)
-    assert backlog_lag(100, 4, idle).metric == 100
-
-
 def test_partition_missing_from_end_offsets_is_skipped_not_an_error() -> None:
     parts = [PartitionOffsets("t", 0, 0, 30), PartitionOffsets("t", 1, 0, None)]
     result = total_lag(parts, KafkaScalerMetadata(), {}, topic="t")
@@ -524,6 +512,9 @@ def test_max_over_triggers() -> None:
         ({"maxReplicaCount": 0}, "maxReplicaCount"),
         ({"minReplicaCount": 3, "maxReplicaCount": 2}, "minReplicaCount"),
         ({"lagTreshold": 5}, "lagTreshold"),
+        # Knative's range for autoscaling.knative.dev/target-utilization-percentage: 1-100
+        ({"targetUtilizationPercentage": 0}, "targetUtilizationPercentage"),
+        ({"targetUtilizationPercentage": 101}, "targetUtilizationPercentage"),
     ],
 )
 def test_function_yaml_refuses_bad_scaling_naming_the_field(

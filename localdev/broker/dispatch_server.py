@@ -4,8 +4,9 @@ Run by the supervisor as ``python -m localdev.broker.dispatch_server --state-dir
 the ingress process (``localdev.broker.server``), so that accepting events and delivering them
 use both cores. Each trigger's consumer runs in its own thread; every delivery runs on this
 process's event loop, which also serves ``/health/readiness`` (ready once every trigger's
-consumer group is initialised), ``/health/liveness``, ``/triggers`` (backlogs, read by the
-autoscaler) and ``/metrics``.
+consumer group is initialised), ``/health/liveness``, ``/triggers`` (consumers and backlogs,
+read by the autoscaler), ``POST /triggers/{name}/consumers`` (the autoscaler's KEDA decision
+for that trigger) and ``/metrics``. Loopback only, like the rest of this process.
 """
 
 from __future__ import annotations
@@ -65,6 +66,19 @@ def status_app(dispatchers: list[TriggerDispatcher]) -> web.Application:
     @routes.get("/triggers")
     async def backlog(_request: web.Request) -> web.Response:
         return web.json_response({d.trigger.name: d.backlog() for d in dispatchers})
+
+    @routes.post("/triggers/{name}/consumers")
+    async def scale(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = [d for d in dispatchers if d.trigger.name == name]
+        if not found:
+            return web.json_response({"error": f"no trigger {name!r}"}, status=404)
+        try:
+            count = int((await request.json())["consumers"])
+            found[0].set_consumers(count)
+        except (KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f'body must be {{"consumers": n >= 0}}: {exc}'}, status=400)
+        return web.json_response(found[0].backlog())
 
     @routes.get("/metrics")
     async def metrics(_request: web.Request) -> web.Response:
@@ -138,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
                     deliverer,
                     producer,
                     loop,
+                    lambda t: topology.functions[t.function].scaling.min_replicas,
                 )
             )
         loop.create_task(watchdog())

@@ -2,9 +2,13 @@
 
 Semantics follow the Knative Kafka broker with unordered delivery:
 - events are read from the broker topic (one consumer thread per trigger); those matching
-  the trigger's filters are delivered concurrently on the process's event loop (up to
-  ``max_in_flight`` per trigger, so one busy trigger never starves the others), each with
+  the trigger's filters are delivered concurrently on the process's event loop, each with
   the trigger's retry policy;
+- a trigger has ``consumers``, the replica count KEDA gives its consumer group on the
+  cluster (eventing-kafka-broker scales a Trigger's dispatcher, not the function): the
+  autoscaler sets it from the group's raw lag (``localdev/autoscaler.py``). At 0 the trigger
+  reads nothing and its lag grows, as with no consumer pod; each consumer delivers up to
+  ``PER_CONSUMER_IN_FLIGHT`` events at once, so one busy trigger never starves the others;
 - offsets are committed only for the contiguous prefix of finished events per partition,
   so a crash re-delivers (at-least-once) and never skips;
 - an event that exhausts its retries goes to the dead-letter topic with ``knativeerror*``;
@@ -39,6 +43,7 @@ from shared.topology import Trigger
 log = logging.getLogger("faaspipe.dispatcher")
 
 FETCH_WAIT_MS = 20  # also what an idle trigger costs: one fetch per wait
+PER_CONSUMER_IN_FLIGHT = 16  # deliveries one consumer has in flight (unordered delivery)
 SESSION_TIMEOUT_MS = 6000  # a group join takes ~half of it; Kafka's 45 s default would stall scaling
 
 DELIVERIES = Counter("faaspipe_trigger_deliveries_total", "Deliveries", ["trigger", "outcome"])
@@ -102,7 +107,8 @@ class TriggerDispatcher(threading.Thread):
         dlq_producer: KafkaProducer,
         loop: asyncio.AbstractEventLoop,
         *,
-        max_in_flight: int = 16,
+        consumers: int = 1,
+        per_consumer: int = PER_CONSUMER_IN_FLIGHT,
     ) -> None:
         super().__init__(name=f"dispatch-{trigger.name}", daemon=True)
         self.trigger = trigger
@@ -111,7 +117,8 @@ class TriggerDispatcher(threading.Thread):
         self.topic = trigger.topic or topics.topic  # a Kafka source reads its own topic
         self.deliverer = deliverer
         self.dlq_producer = dlq_producer
-        self.max_in_flight = max_in_flight
+        self.per_consumer = per_consumer
+        self.consumers = consumers  # set by the autoscaler (KEDA's decision for this trigger)
         self.loop = loop  # deliveries run here; this thread only consumes and commits
         self.stop_event = threading.Event()
         self._slot_free = threading.Event()
@@ -134,7 +141,7 @@ class TriggerDispatcher(threading.Thread):
                 auto_offset_reset="earliest",
                 session_timeout_ms=SESSION_TIMEOUT_MS,
                 heartbeat_interval_ms=1000,
-                max_poll_records=self.max_in_flight,
+                max_poll_records=self.per_consumer,
                 # Tansu answers a group consumer's fetch only when its wait runs out (measured
                 # with the broker bench: 20 ms gives p50 13.6 ms at 100 events/s, 250 ms 77 ms)
                 fetch_max_wait_ms=FETCH_WAIT_MS,
@@ -154,14 +161,21 @@ class TriggerDispatcher(threading.Thread):
     def _in_flight(self) -> int:
         return self.active
 
-    def backlog(self) -> dict[str, object]:
-        """Undelivered matching events this dispatcher knows of (read by the autoscaler).
+    @property
+    def max_in_flight(self) -> int:
+        return self.consumers * self.per_consumer
 
-        Unsaturated, the dispatcher has read every event there is, so ``active`` (matching
-        events being delivered or retried) is the exact backlog; saturated, unread events may
-        match too, and only the consumer group's Kafka lag bounds them.
-        """
-        return {"active": self.active, "saturated": self.saturated}
+    def set_consumers(self, count: int) -> None:
+        """Scale this trigger's consumers (0 pauses it; the group keeps its offsets)."""
+        if count < 0:
+            raise ValueError(f"consumers must be >= 0, got {count}")
+        self.consumers = count
+        self._slot_free.set()  # wake a paused loop now, not at its next tick
+
+    def backlog(self) -> dict[str, object]:
+        """What the autoscaler reads: consumers, and matching events in flight (``active``);
+        ``saturated`` when every consumer's slots are taken (or there is no consumer)."""
+        return {"consumers": self.consumers, "active": self.active, "saturated": self.saturated}
 
     def _done(self, _future: Future[None]) -> None:
         with self._active_lock:
@@ -174,8 +188,9 @@ class TriggerDispatcher(threading.Thread):
         free = self.max_in_flight - self._in_flight()
         self.saturated = free <= 0
         if free <= 0:
-            # Saturated: keep the group alive but wait for a delivery to finish, not for a poll
-            # timeout (kafka-python sleeps the whole timeout when every partition is paused).
+            # Saturated or scaled to zero: keep the group alive but wait for a delivery to
+            # finish or a new consumer count, not for a poll timeout (kafka-python sleeps the
+            # whole timeout when every partition is paused).
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=0)
             self._slot_free.wait(0.1)
@@ -297,8 +312,14 @@ def start_dispatchers(
     deliverer: Deliverer,
     dlq_producer: KafkaProducer,
     loop: asyncio.AbstractEventLoop,
+    consumers_of: Callable[[Trigger], int] = lambda _t: 1,
 ) -> list[TriggerDispatcher]:
-    dispatchers = [TriggerDispatcher(t, url_of(t), topics, deliverer, dlq_producer, loop) for t in triggers]
+    """One dispatcher per trigger, each starting with ``consumers_of(trigger)`` consumers (what
+    KEDA creates a ScaledObject's target with: ``minReplicaCount``)."""
+    dispatchers = [
+        TriggerDispatcher(t, url_of(t), topics, deliverer, dlq_producer, loop, consumers=consumers_of(t))
+        for t in triggers
+    ]
     for d in dispatchers:
         d.start()
     return dispatchers

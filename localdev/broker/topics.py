@@ -22,6 +22,11 @@ def subscription_topic(config: StackConfig, topology: Topology, subscription: Tr
     return subscription.topic or broker_topic(config, topology.broker_of(subscription))
 
 
+def subscription_topics(config: StackConfig, topology: Topology) -> dict[str, str]:
+    """Every trigger's and Kafka source's topic, by name (what the autoscaler reads lag on)."""
+    return {s.name: subscription_topic(config, topology, s) for s in topology.subscriptions}
+
+
 def ingress_routes(config: StackConfig, topology: Topology) -> dict[tuple[str, str], str]:
     """``(namespace, name)`` of each broker → its topic: the ingress's ``/<namespace>/<name>``."""
     return {(b.namespace, b.name): broker_topic(config, b) for b in topology.brokers.values()}

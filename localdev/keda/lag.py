@@ -21,7 +21,6 @@ from shared.keda_metadata import KafkaScalerMetadata
 __all__ = [
     "PartitionOffsets",
     "TriggerLag",
-    "backlog_lag",
     "find_factors",
     "is_active",
     "lag_for_partition",
@@ -111,12 +110,6 @@ def total_lag(
         if with_persistent > lag:
             stuck.append((p.topic, p.partition))
     return _capped(total, persistent_total, len(chosen), with_lag, meta, stuck)
-
-
-def backlog_lag(backlog: int, partitions: int, meta: KafkaScalerMetadata) -> TriggerLag:
-    """A trigger's lag given as one count of undelivered events, capped as KEDA caps lag
-    (``partitions``: the trigger topic's; those with lag are bounded by the count)."""
-    return _capped(backlog, backlog, partitions, min(backlog, partitions), meta, [])
 
 
 def _capped(

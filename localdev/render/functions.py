@@ -34,6 +34,7 @@ def function_service(fn: Function, settings: ClusterSettings) -> dict[str, Any]:
         "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
         "autoscaling.knative.dev/metric": "concurrency",
         "autoscaling.knative.dev/target": str(s.concurrency_target),
+        "autoscaling.knative.dev/target-utilization-percentage": f"{s.target_utilization_percentage:g}",
         "autoscaling.knative.dev/min-scale": str(s.min_replicas),
         "autoscaling.knative.dev/max-scale": str(s.max_replicas),
         # The stable window: the last replica goes after a whole window without requests.
