@@ -6,10 +6,13 @@ Starts a dedicated stack (memory Kafka, port base 25000) with only the ``burst``
 cooldownPeriod 10 s, 0.1 s of work per event, one event at a time per replica). Two scenarios,
 each repeated ``--runs`` times:
 
-- ``from_zero``: the function has no process; a burst of N events arrives. Measured from the
-  first POST: first replica ready, first event handled, second replica's first event handled,
-  peak replicas (expected min(ceil(N / lagThreshold), partitions, max)), all handled; then the
-  time from the last event handled to zero replicas (expected: about cooldownPeriod).
+- ``from_zero``: the function has no process and its trigger no consumer; a burst of N events
+  arrives. Measured from the first POST: first replica ready, first event handled, second
+  replica's first event handled, peak consumers (KEDA on the raw lag: expected
+  min(ceil(N / lagThreshold), partitions, max)), peak replicas (the KPA on the pushes: expected
+  min(ceil(events in flight / target), max), in flight at most consumers x 16), all handled;
+  then the time from the last event handled to zero replicas (expected: about the KPA's
+  stable window plus the grace, here cooldownPeriod each).
 - ``from_one``: one event wakes a replica; once it is handled, a burst arrives. Measured from
   the burst's first POST: a second replica started, ready, and handling its first event — the
   "lag appears → second replica consuming" figure.
@@ -40,7 +43,9 @@ import urllib3
 from bench.scaling_functions.burst.handler import handled_path
 from bench.stack import bench_stack, machine_facts
 from events import new_event
+from localdev.broker.dispatcher import PER_CONSUMER_IN_FLIGHT
 from localdev.config import StackConfig
+from localdev.scaling_policy import kpa_target
 from shared.cloudevents_io import to_http
 from shared.topology import REPO_ROOT, load_function
 
@@ -58,6 +63,7 @@ class ReplicaSampler(threading.Thread):
         super().__init__(name="sampler", daemon=True)
         self.url = config.url("supervisor") + "/status"
         self.samples: list[tuple[float, int, int]] = []  # (unix time, live, ready)
+        self.consumers: list[tuple[float, int]] = []  # (unix time, the trigger's consumers)
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -68,7 +74,10 @@ class ReplicaSampler(threading.Thread):
                 continue
             replicas = fn["replicas"]
             ready = sum(1 for r in replicas if r["state"] == "ready")
-            self.samples.append((time.time(), len(replicas), ready))
+            now = time.time()
+            self.samples.append((now, len(replicas), ready))
+            triggers = (fn.get("scaling") or {}).get("triggers") or {}
+            self.consumers.append((now, sum(int(t.get("consumers") or 0) for t in triggers.values())))
 
     def latest(self) -> tuple[int, int]:
         return self.samples[-1][1:] if self.samples else (-1, -1)
@@ -82,6 +91,13 @@ class ReplicaSampler(threading.Thread):
 
     def peak(self, since: float, until: float) -> int:
         return max((live for at, live, _ in self.samples if since <= at <= until), default=0)
+
+    def peak_consumers(self, since: float, until: float) -> int:
+        return max((n for at, n in self.consumers if since <= at <= until), default=0)
+
+    def idle(self) -> bool:
+        """No replica and no consumer."""
+        return self.latest()[0] == 0 and bool(self.consumers) and self.consumers[-1][1] == 0
 
 
 def post_burst(config: StackConfig, count: int, threads: int = 8) -> tuple[float, set[str]]:
@@ -155,7 +171,7 @@ def back_to_zero(sampler: ReplicaSampler, last_handled: float, timeout_s: float)
 
 
 def from_zero(config: StackConfig, sampler: ReplicaSampler, events: int, timeout_s: float) -> dict[str, Any]:
-    wait_for(lambda: sampler.latest()[0] == 0, timeout_s, "no replica before the run")
+    wait_for(sampler.idle, timeout_s, "no replica and no consumer before the run")
     started, ids = post_burst(config, events)
     done = wait_all_handled(config, ids, timeout_s)
     replicas = first_event_per_replica(done)
@@ -166,6 +182,7 @@ def from_zero(config: StackConfig, sampler: ReplicaSampler, events: int, timeout
         "first_event_handled_s": round(replicas[0][1] - started, 2),
         "second_replica_first_event_s": round(replicas[1][1] - started, 2) if len(replicas) > 1 else None,
         "replicas_that_handled_events": len(replicas),
+        "peak_consumers": sampler.peak_consumers(started, last),
         "peak_replicas": sampler.peak(started, last),
         "all_handled_s": round(last - started, 2),
         "scale_to_zero_after_last_event_s": back_to_zero(sampler, last, timeout_s),
@@ -194,7 +211,7 @@ def from_one(config: StackConfig, sampler: ReplicaSampler, events: int, timeout_
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
-    keys = [k for k, v in runs[0].items() if k.endswith("_s") or k == "peak_replicas"]
+    keys = [k for k, v in runs[0].items() if k.endswith("_s") or k.startswith("peak_")]
     out: dict[str, float | None] = {}
     for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = 120 + 2 * policy.cooldown_period_s
     with bench_stack("memory", args.port_base, str(FUNCTION_DIR)) as config:
         partitions = config.broker_partitions
+        consumers = min(math.ceil(args.events / policy.lag_threshold), partitions, policy.max_replicas)
+        target = kpa_target(policy, load_function(FUNCTION_DIR / FUNCTION / "function.yaml").concurrency)
         results["configured"] = {
             "lag_threshold": policy.lag_threshold,
             "activation_lag_threshold": policy.activation_lag_threshold,
@@ -226,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             "min_replicas": policy.min_replicas,
             "max_replicas": policy.max_replicas,
             "partitions": partitions,
+            "expected_peak_consumers": consumers,
             "expected_peak_replicas": min(
-                math.ceil(args.events / policy.lag_threshold), partitions, policy.max_replicas
+                math.ceil(min(args.events, consumers * PER_CONSUMER_IN_FLIGHT) / target), policy.max_replicas
             ),
         }
         sampler = ReplicaSampler(config)
