@@ -116,9 +116,12 @@ def running_stack(state_dir: Path, port_base: int, function_dirs: str, storage: 
         "FAASPIPE_KAFKA_STORAGE": storage,
         "FAASPIPE_CONTRACT_DIRS": str(REPO / "tests" / "contracts"),  # a second contract
         "PYTHONPATH": str(REPO),
+        # a dedicated stack starts while the session's stack runs: on 2 busy cores its
+        # training-environment replicas (two each in test_replicas) can take minutes to import
+        "FAASPIPE_START_TIMEOUT_S": os.environ.get("FAASPIPE_START_TIMEOUT_S", "420"),
     }
     stack = Stack(env, state_dir)
-    result = stack.cli("up")
+    result = stack.cli("up", timeout=900)
     if result.returncode != 0:
         stack.cli("down")
         pytest.fail(f"faaspipe up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
