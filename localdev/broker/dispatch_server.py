@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, b in topology.brokers.items()
     }
     dispatchers: list[TriggerDispatcher] = []
+    stopping = asyncio.Event()
 
     async def watchdog() -> None:
-        """Exit (the supervisor restarts us) if a trigger's consumer dies."""
-        while True:
+        """Exit (the supervisor restarts us) if a trigger's consumer dies, but not while
+        stopping: the consumers then end one by one as they drain."""
+        while not stopping.is_set():
             failed = _failed(dispatchers)
             if failed:
                 for d in failed:
@@ -158,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         loop.create_task(watchdog())
 
     async def on_stop() -> None:
+        stopping.set()
         for d in dispatchers:
             d.stop()
+        for watcher in {d.watcher for d in dispatchers if d.watcher is not None}:
+            watcher.stop()
         loop = asyncio.get_running_loop()
         # the consumer threads drain (await their deliveries on this loop), then commit
         await loop.run_in_executor(None, lambda: [d.join(timeout=30) for d in dispatchers])

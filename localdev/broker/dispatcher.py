@@ -12,6 +12,9 @@ Semantics follow the Knative Kafka broker with unordered delivery:
 - offsets are committed only for the contiguous prefix of finished events per partition,
   so a crash re-delivers (at-least-once) and never skips;
 - an event that exhausts its retries goes to the dead-letter topic with ``knativeerror*``;
+- a trigger that fetched nothing for ``IDLE_BEFORE_PARK_S`` parks until its topic grows
+  (``tail_watch.py``): Tansu does not hold a fetch open until data arrives as Kafka does, so
+  an idle trigger would otherwise cost a fetch every ``FETCH_WAIT_MS``;
 - a new trigger starts at the log end, like a Knative trigger that becomes ready: its group
   offsets are initialised before it reports ready.
 """
@@ -35,6 +38,7 @@ from prometheus_client import Counter, Histogram
 from localdev.broker import wire
 from localdev.broker.delivery import Deliverer, Outcome, dead_letter_event
 from localdev.broker.protocol import REPLAY_TARGET
+from localdev.broker.tail_watch import PARK_MAX_S, TopicWatcher
 from shared.cloudevents_io import InvalidCloudEvent
 from shared.filters import matches
 from shared.kafka_offsets import offsets_consumer, true_end_offsets
@@ -42,8 +46,9 @@ from shared.topology import Trigger
 
 log = logging.getLogger("faaspipe.dispatcher")
 
-FETCH_WAIT_MS = 20  # also what an idle trigger costs: one fetch per wait
+FETCH_WAIT_MS = 20  # what a busy trigger costs: one fetch per wait (an idle one parks)
 PER_CONSUMER_IN_FLIGHT = 16  # deliveries one consumer has in flight (unordered delivery)
+IDLE_BEFORE_PARK_S = 0.5  # empty fetches in a row for this long before a trigger parks
 SESSION_TIMEOUT_MS = 6000  # a group join takes ~half of it; Kafka's 45 s default would stall scaling
 
 DELIVERIES = Counter("faaspipe_trigger_deliveries_total", "Deliveries", ["trigger", "outcome"])
@@ -109,6 +114,7 @@ class TriggerDispatcher(threading.Thread):
         *,
         consumers: int = 1,
         per_consumer: int = PER_CONSUMER_IN_FLIGHT,
+        watcher: TopicWatcher | None = None,
     ) -> None:
         super().__init__(name=f"dispatch-{trigger.name}", daemon=True)
         self.trigger = trigger
@@ -129,6 +135,11 @@ class TriggerDispatcher(threading.Thread):
         self.error: str | None = None
         self._pending: dict[TopicPartition, deque[tuple[int, Future[None] | None]]] = {}
         self._consumer: KafkaConsumer | None = None
+        # parking while idle (see tail_watch.py): the watcher sets _wake when the topic grows
+        self.watcher = watcher
+        self._wake = threading.Event()
+        self._idle_since: float | None = None  # monotonic time of the first empty fetch in a row
+        self.parked = False
 
     # --- consumer loop (only this thread touches the consumer) ---------------
     def run(self) -> None:
@@ -147,6 +158,8 @@ class TriggerDispatcher(threading.Thread):
                 fetch_max_wait_ms=FETCH_WAIT_MS,
             )
             self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            if self.watcher is not None:
+                self.watcher.subscribe(self._wake)
             self.ready.set()
             while not self.stop_event.is_set():
                 self._poll_once()
@@ -155,6 +168,8 @@ class TriggerDispatcher(threading.Thread):
             log.exception("trigger %s dispatcher failed", self.trigger.name)
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
+            if self.watcher is not None:
+                self.watcher.unsubscribe(self._wake)
             if self._consumer is not None:
                 self._consumer.close(autocommit=False)
 
@@ -171,16 +186,24 @@ class TriggerDispatcher(threading.Thread):
             raise ValueError(f"consumers must be >= 0, got {count}")
         self.consumers = count
         self._slot_free.set()  # wake a paused loop now, not at its next tick
+        self._wake.set()
 
     def backlog(self) -> dict[str, object]:
         """What the autoscaler reads: consumers, and matching events in flight (``active``);
-        ``saturated`` when every consumer's slots are taken (or there is no consumer)."""
-        return {"consumers": self.consumers, "active": self.active, "saturated": self.saturated}
+        ``saturated`` when every consumer's slots are taken (or there is no consumer);
+        ``parked`` while an idle trigger waits for its topic to grow (``tail_watch.py``)."""
+        return {
+            "consumers": self.consumers,
+            "active": self.active,
+            "saturated": self.saturated,
+            "parked": self.parked,
+        }
 
     def _done(self, _future: Future[None]) -> None:
         with self._active_lock:
             self.active -= 1
         self._slot_free.set()
+        self._wake.set()  # a parked trigger commits what finished now
 
     def _poll_once(self) -> None:
         consumer = self._consumer
@@ -193,17 +216,58 @@ class TriggerDispatcher(threading.Thread):
             # whole timeout when every partition is paused).
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=0)
-            self._slot_free.wait(0.1)
+            self._slot_free.wait(1.0)  # set by a finished delivery, a new count or stop
             self._slot_free.clear()
             self._commit_finished()
             return
+        generation = self.watcher.generation if self.watcher is not None else 0
         consumer.resume(*consumer.paused())
         batches = consumer.poll(timeout_ms=100, max_records=free)
+        if batches:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = time.monotonic()
+        elif self._should_park():
+            self._park(generation)
         for tp, records in batches.items():
             queue = self._pending.setdefault(tp, deque())
             for record in records:
                 queue.append((record.offset, self._submit(record)))
         self._commit_finished()
+
+    def _should_park(self) -> bool:
+        """Idle long enough, with partitions assigned: the group join and rebalances make
+        progress only inside ``poll``, so a member that parked before its assignment arrived
+        would never get one."""
+        watcher = self.watcher
+        consumer = self._consumer
+        return (
+            watcher is not None
+            and consumer is not None
+            and bool(consumer.assignment())
+            and watcher.error is None
+            and watcher.is_alive()
+            and self._idle_since is not None
+            and time.monotonic() - self._idle_since >= IDLE_BEFORE_PARK_S
+        )
+
+    def _park(self, generation: int) -> None:
+        """Fetch nothing until the topic grows past ``generation`` (read before the last empty
+        fetch, so a record that fetch missed has already moved it), a new consumer count,
+        stop, or ``PARK_MAX_S``. In-flight deliveries go on and are committed on waking."""
+        consumer = self._consumer
+        assert consumer is not None and self.watcher is not None
+        self._wake.clear()
+        if self.watcher.generation != generation or self.stop_event.is_set():
+            return
+        consumer.pause(*consumer.assignment())
+        consumer.poll(timeout_ms=0)  # keeps the member's poll interval alive
+        self.parked = True
+        self._wake.wait(PARK_MAX_S)
+        self.parked = False
+        # fetch for a whole idle window again before parking: a fetch sent on resuming may
+        # answer after the next poll returns, and pausing would throw its records away
+        self._idle_since = time.monotonic()
 
     def _submit(self, record) -> Future[None] | None:  # type: ignore[no-untyped-def]
         try:
@@ -303,6 +367,8 @@ class TriggerDispatcher(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
+        self._slot_free.set()
 
 
 def start_dispatchers(
@@ -315,11 +381,26 @@ def start_dispatchers(
     consumers_of: Callable[[Trigger], int] = lambda _t: 1,
 ) -> list[TriggerDispatcher]:
     """One dispatcher per trigger, each starting with ``consumers_of(trigger)`` consumers (what
-    KEDA creates a ScaledObject's target with: ``minReplicaCount``)."""
+    KEDA creates a ScaledObject's target with: ``minReplicaCount``), and one tail watcher per
+    topic they read (``tail_watch.py``): idle triggers park on it instead of fetching."""
+    watchers = {
+        topic: TopicWatcher(topics.bootstrap, topic) for topic in {t.topic or topics.topic for t in triggers}
+    }
     dispatchers = [
-        TriggerDispatcher(t, url_of(t), topics, deliverer, dlq_producer, loop, consumers=consumers_of(t))
+        TriggerDispatcher(
+            t,
+            url_of(t),
+            topics,
+            deliverer,
+            dlq_producer,
+            loop,
+            consumers=consumers_of(t),
+            watcher=watchers[t.topic or topics.topic],
+        )
         for t in triggers
     ]
+    for w in watchers.values():
+        w.start()
     for d in dispatchers:
         d.start()
     return dispatchers
