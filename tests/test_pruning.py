@@ -248,3 +248,39 @@ def test_should_prune_dispatches_on_the_study_pruner() -> None:
     assert not pruned and rungs == {0: 0.999}  # the next rung ends at 80 rounds
     with pytest.raises(ValueError):
         should_prune("hyperband", {20: 0.5}, {}, [], report_every=20)
+
+
+# --------------------------------------------------------------------------- the trial's reporter
+
+
+def test_reporter_records_decides_and_keeps_its_decision_over_a_redelivery() -> None:
+    from functions.trial.progress import MemoryProgressStore, Reporter
+
+    store = MemoryProgressStore()
+    for n in range(4):  # four trials completed rung 0 (20 rounds) well
+        leader = Reporter(store, "s", n, pruner="successive_halving", report_every=20)
+        assert not leader(20, 0.99)
+        leader.finish("complete")
+    seen: list[tuple[int, float, bool]] = []
+    trial = Reporter(
+        store, "s", 4, pruner="successive_halving", report_every=20, on_report=lambda *a: seen.append(a)
+    )
+    assert trial(20, 0.5)
+    assert seen == [(20, 0.5, True)]
+    doc = store.get("s", 4)
+    assert doc is not None and (doc.state, doc.pruned_step, doc.rungs) == ("pruned", 20, {0: 0.5})
+    # killed before replying, redelivered: the same decision, even if the others changed since
+    again = Reporter(store, "s", 4, pruner="successive_halving", report_every=20)
+    assert again(20, 0.5)
+    # a winner keeps its rung: a redelivered winner does not compete at rung 0 again
+    winner = Reporter(store, "s", 5, pruner="successive_halving", report_every=20)
+    assert not winner(20, 0.995)
+    assert store.get("s", 5).rungs == {0: 0.995}  # type: ignore[union-attr]
+    for n in range(6, 12):
+        Reporter(store, "s", n, pruner="successive_halving", report_every=20)(20, 0.999)
+    resumed = Reporter(store, "s", 5, pruner="successive_halving", report_every=20)
+    assert not resumed(20, 0.995)
+    # pruner none: records, never reads the others, never prunes
+    plain = Reporter(store, "s", 12, pruner="none", report_every=20)
+    assert not plain(20, 0.1)
+    assert store.get("s", 12).values == {20: 0.1}  # type: ignore[union-attr]
