@@ -284,3 +284,15 @@ def test_reporter_records_decides_and_keeps_its_decision_over_a_redelivery() -> 
     plain = Reporter(store, "s", 12, pruner="none", report_every=20)
     assert not plain(20, 0.1)
     assert store.get("s", 12).values == {20: 0.1}  # type: ignore[union-attr]
+
+
+def test_reporter_turns_store_errors_into_a_retry() -> None:
+    from functions.trial.progress import MemoryProgressStore, ProgressUnavailable, Reporter
+
+    class Down(MemoryProgressStore):
+        def all(self, study_id: str) -> list:  # type: ignore[type-arg]
+            raise ConnectionError("object store down")
+
+    reporter = Reporter(Down(), "s", 0, pruner="median", report_every=20)
+    with pytest.raises(ProgressUnavailable):
+        reporter(20, 0.9)

@@ -113,6 +113,8 @@ def handle(event: CloudEvent) -> CloudEvent:
         reporter.finish("complete")
     except modelling.TrialPruned as exc:
         pruned = exc
+    except progress.ProgressUnavailable:
+        raise  # the object store, not the trial: the delivery is retried
     except Exception as exc:  # noqa: BLE001 - reported as a failed trial, the study goes on
         log.exception("study %s trial %d failed", request.study_id, request.trial_number)
         error = f"{type(exc).__name__}: {exc}"[:1000]

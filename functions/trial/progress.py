@@ -24,6 +24,10 @@ from shared import layout
 from shared.pruning import TrialRecord, should_prune
 
 
+class ProgressUnavailable(RuntimeError):
+    """The shared records could not be read or written: the trial is retried, not failed."""
+
+
 @dataclass
 class ProgressDoc:
     """A trial's record as stored: the pruner's view (``TrialRecord``) plus the pruned round."""
@@ -144,6 +148,14 @@ class Reporter:
                 self.doc.pruned_step = previous.pruned_step
 
     def __call__(self, step: int, score: float) -> bool:
+        try:
+            return self._report(step, score)
+        except ValueError:
+            raise  # a bad pruner name: the trial fails
+        except Exception as exc:  # noqa: BLE001 - the store's client errors (MinIO, urllib3, OSError)
+            raise ProgressUnavailable(f"trial {self.doc.number}'s progress at round {step}: {exc}") from exc
+
+    def _report(self, step: int, score: float) -> bool:
         doc = self.doc
         doc.values[step] = float(score)
         if doc.pruned_step is not None and step >= doc.pruned_step:
