@@ -68,6 +68,7 @@ bench: envs
 	$(PY) -m bench.batch_scoring
 	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
+	OMP_NUM_THREADS=1 .venvs/train/bin/python -m bench.pruning
 
 lock: $(UV)
 	$(UV) lock

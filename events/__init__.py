@@ -34,7 +34,14 @@ from events.ops_events import (
     SamplePong,
 )
 from events.rollout_events import RolloutDecided, RolloutStarted
-from events.tuning_events import Params, StudyCompleted, TrialFinished, TrialRequested
+from events.tuning_events import (
+    Params,
+    Pruner,
+    StudyCompleted,
+    TrialFinished,
+    TrialProgress,
+    TrialRequested,
+)
 from events.validation import event_data, validate_data, validate_event
 
 __all__ = [
@@ -58,6 +65,7 @@ __all__ = [
     "ModelRejected",
     "ObjectCreated",
     "Params",
+    "Pruner",
     "PredictionLogged",
     "PredictionOutput",
     "RejectReason",
@@ -69,6 +77,7 @@ __all__ = [
     "SamplePong",
     "StudyCompleted",
     "TrialFinished",
+    "TrialProgress",
     "TrialRequested",
     "UnknownEventType",
     "event_data",

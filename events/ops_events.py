@@ -50,6 +50,7 @@ class RetrainRequested(EventData):
     reason: str
     requested_by: str
     drift_event_id: str | None = None
+    pruner: Literal["none", "median", "successive_halving"] | None = None
 
 
 @register

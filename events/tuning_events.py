@@ -8,9 +8,10 @@ from typing import ClassVar, Literal
 from events.catalogue import register
 from events.envelope import EventData
 
-__all__ = ["Params", "StudyCompleted", "TrialFinished", "TrialRequested"]
+__all__ = ["Params", "Pruner", "StudyCompleted", "TrialFinished", "TrialProgress", "TrialRequested"]
 
 Params = dict[str, float | int | str | bool]
+Pruner = Literal["none", "median", "successive_halving"]
 
 
 @register
@@ -25,6 +26,22 @@ class TrialRequested(EventData):
     dataset_version: str
     feature_view: str
     seed: int
+    pruner: Pruner = "none"
+    report_every: int = 20
+
+
+@register
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrialProgress(EventData):
+    """A trial's intermediate score at a checkpoint, and the pruner's decision (trial -> observers)."""
+
+    TYPE: ClassVar[str] = "dev.faaspipe.tuning.trial.progress.v1"
+    study_id: str
+    trial_number: int
+    step: int
+    score: float
+    pruner: Pruner
+    pruned: bool = False
 
 
 @register
@@ -36,13 +53,14 @@ class TrialFinished(EventData):
     study_id: str
     trial_number: int
     params: Params
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "pruned"]
     score: float | None
     score_std: float | None = None
     best_iteration: int | None = None
     run_id: str | None = None
     duration_s: float
     error: str | None = None
+    pruned_step: int | None = None
 
 
 @register
@@ -59,3 +77,4 @@ class StudyCompleted(EventData):
     best_score: float
     n_trials: int
     stop_reason: Literal["budget_trials", "budget_time", "early_stop"]
+    n_pruned: int = 0

@@ -238,6 +238,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_TUNE_PATIENCE", "8", "int", "function", minimum=0),
     Setting("FAASPIPE_TUNE_MIN_DELTA", "0.0001", "float", "function", minimum=0),
     Setting("FAASPIPE_TUNE_WATCHDOG_S", "15", "float", "function", minimum=0),
+    Setting(
+        "FAASPIPE_TUNE_PRUNER", "none", "choice", "function", choices=("none", "median", "successive_halving")
+    ),
+    Setting("FAASPIPE_TUNE_PRUNER_REPORT_EVERY", "20", "int", "function", minimum=1),
     Setting("FAASPIPE_PROMOTE_TOLERANCE", "0.005", "float", "function", minimum=0),
     Setting("FAASPIPE_PROMOTE_FLOOR", "0.90", "float", "function", minimum=0),
     Setting("FAASPIPE_PROMOTE_LATENCY_BUDGET_MS", "5.0", "float", "function", minimum=0),

@@ -49,6 +49,13 @@ def study_state(study_id: str) -> str:
     return f"studies/{study_id}/state.json"
 
 
+def study_progress(study_id: str, trial_number: int | None = None) -> str:
+    """Object key (models bucket): a trial's intermediate scores (``<n>.json``); the prefix of all
+    the study's when ``trial_number`` is None."""
+    prefix = f"studies/{study_id}/progress/"
+    return prefix if trial_number is None else f"{prefix}{trial_number}.json"
+
+
 def study_data(study_id: str, part: str) -> str:
     """``part`` is ``train`` or ``holdout``."""
     return f"studies/{study_id}/{part}.parquet"

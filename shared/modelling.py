@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,6 +172,20 @@ class CvResult:
         return self.best_iteration + 1
 
 
+class TrialPruned(Exception):  # noqa: N818 - Optuna's name for the same thing
+    """A checkpoint callback stopped the cross-validation: the trial is pruned at ``step``."""
+
+    def __init__(self, step: int, score: float, rounds: int) -> None:
+        super().__init__(f"pruned at round {step} (mean CV score so far {score:.5f})")
+        self.step = step
+        self.score = score
+        self.rounds = rounds
+
+
+Checkpoint = Callable[[int, float], bool]
+"""Called every ``report_every`` rounds with (rounds so far, best mean CV score so far); True prunes."""
+
+
 def booster_params(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """XGBoost training parameters: the fixed base (binary:logistic, AUC, hist, nthread=1) + ``params``."""
     out = {**BASE_PARAMS, "seed": int(seed)}
@@ -204,6 +218,8 @@ def cross_validate(
     folds: Sequence[tuple[Any, Any]] | None = None,
     max_rounds: int = MAX_ROUNDS,
     early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+    report_every: int = 0,
+    on_checkpoint: Checkpoint | None = None,
 ) -> CvResult:
     """Stratified k-fold CV of XGBoost: mean/std validation ROC-AUC at the best iteration.
 
@@ -211,6 +227,10 @@ def cross_validate(
     *mean* validation AUC has not improved for ``early_stopping_rounds``: one best iteration for
     all folds (the number of rounds the final model gets), and a score not inflated by picking
     each fold's own lucky iteration. Unlike ``xgboost.cv`` only the validation folds are scored.
+
+    Multi-fidelity: every ``report_every`` rounds (when > 0) ``on_checkpoint(rounds, score)`` gets
+    the best mean validation score so far — what the trial would report if it stopped there — and
+    may stop the trial by returning True (``TrialPruned`` is raised).
     """
     import numpy as np
     import xgboost as xgb
@@ -235,6 +255,10 @@ def cross_validate(
             best = iteration
         elif iteration - best >= early_stopping_rounds:
             break
+        if on_checkpoint is not None and report_every > 0 and (iteration + 1) % report_every == 0:
+            so_far = float(np.mean(history[best]))
+            if on_checkpoint(iteration + 1, so_far):
+                raise TrialPruned(iteration + 1, so_far, len(history))
     at_best = history[best]
     return CvResult(
         score=float(np.mean(at_best)),

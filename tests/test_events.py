@@ -107,6 +107,14 @@ EXAMPLES: list[EventData] = [
         run_id="abc123",
         duration_s=12.5,
     ),
+    events.TrialProgress(
+        study_id="study-1",
+        trial_number=3,
+        step=40,
+        score=0.87,
+        pruner="median",
+        pruned=True,
+    ),
     events.StudyCompleted(
         study_id="study-1",
         parent_run_id="parent123",
@@ -251,7 +259,7 @@ def _walk_schemas(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str,
 
 
 def test_catalogue_has_every_type_and_an_example_per_type() -> None:
-    assert len(EVENT_TYPES) == 19
+    assert len(EVENT_TYPES) == 20
     assert set(BY_TYPE) == set(EVENT_TYPES)
     assert {p.name.removesuffix(".json") for p in SCHEMA_DIR.glob("*.json")} == set(EVENT_TYPES)
 

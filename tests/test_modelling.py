@@ -109,6 +109,18 @@ out["cv"] = {"score": cv1.score, "std": cv1.score_std, "best": cv1.best_iteratio
 out["cv_deterministic"] = cv1 == cv2
 out["booster_params"] = modelling.booster_params({"max_depth": 4.0, "nthread": 8}, seed=3)
 
+# checkpoints: the best mean score so far every report_every rounds; True from the callback prunes
+seen = []
+cv3 = modelling.cross_validate(x, y, params, seed=42, max_rounds=300, early_stopping_rounds=20,
+                               report_every=10, on_checkpoint=lambda step, score: seen.append((step, score)) or False)
+out["checkpoints"] = {"seen": seen, "same_result": cv3 == cv1}
+try:
+    modelling.cross_validate(x, y, params, seed=42, max_rounds=300, early_stopping_rounds=20,
+                             report_every=10, on_checkpoint=lambda step, score: step >= 20)
+    out["pruned"] = None
+except modelling.TrialPruned as exc:
+    out["pruned"] = {"step": exc.step, "score": exc.score, "rounds": exc.rounds}
+
 # out-of-fold predictions cover every row, deterministically
 oof1 = modelling.out_of_fold_predictions(x, y, params, n_rounds=30, seed=42)
 oof2 = modelling.out_of_fold_predictions(x, y, params, n_rounds=30, seed=42)
@@ -229,6 +241,18 @@ def test_cross_validation_is_deterministic_with_one_best_iteration(probe: dict[s
 
 
 @needs_train_env
+def test_cross_validation_reports_checkpoints_and_can_be_pruned(probe: dict[str, Any]) -> None:
+    seen, cv = probe["checkpoints"]["seen"], probe["cv"]
+    assert probe["checkpoints"]["same_result"]  # reporting changes nothing
+    assert [step for step, _ in seen] == list(range(10, cv["rounds"] + 1, 10))[: len(seen)]
+    assert len(seen) == cv["rounds"] // 10 or len(seen) == (cv["rounds"] - 1) // 10  # none after the stop
+    scores = [score for _, score in seen]
+    assert scores == sorted(scores)  # the best so far never decreases
+    assert scores[-1] <= cv["score"] + 1e-12
+    assert probe["pruned"] == {"step": 20, "score": seen[1][1], "rounds": 20}
+
+
+@needs_train_env
 def test_booster_params_force_one_thread_and_integer_depth(probe: dict[str, Any]) -> None:
     params = probe["booster_params"]
     assert params["nthread"] == 1
@@ -334,6 +358,37 @@ def test_config_from_env() -> None:
     assert cfg.n_initial_points == 4  # never more than the budget, never fewer than the parallelism
     assert study.StudyConfig.from_env({}) == study.StudyConfig()
     assert study.StudyConfig.from_doc(cfg.to_doc()) == cfg
+    assert (cfg.pruner, cfg.pruner_report_every) == ("none", 20)
+    pruning = study.StudyConfig.from_env(
+        {"FAASPIPE_TUNE_PRUNER": "median", "FAASPIPE_TUNE_PRUNER_REPORT_EVERY": "10"}
+    )
+    assert (pruning.pruner, pruning.pruner_report_every) == ("median", 10)
+    assert pruning.with_pruner(None) == pruning
+    assert pruning.with_pruner("successive_halving").pruner == "successive_halving"
+    with pytest.raises(ValueError):
+        study.StudyConfig.from_env({"FAASPIPE_TUNE_PRUNER": "hyperband"})
+
+
+def test_pruned_trials_count_as_finished_but_never_best() -> None:
+    state = _state(n_trials=3, patience=0)
+    _request(state)
+    _finish(state, 0, 0.90)
+    result = {"trial_number": 1, "status": "pruned", "score": 0.97, "duration_s": 1.0, "pruned_step": 40}
+    assert study.record_result(state, result, at="t")
+    entry = study.trial(state, 1)
+    assert (entry["status"], entry["score"], entry["pruned_step"], entry["error"]) == (
+        "pruned",
+        0.97,
+        40,
+        None,
+    )
+    assert [t["number"] for t in study.finished(state)] == [0, 1]
+    assert study.best_trial(state)["number"] == 0  # a partial score never wins the study
+    _request(state)
+    _finish(state, 2, 0.85)
+    assert study.stop_reason(state, 1001.0) == "budget_trials"
+    completion = study.complete(state, "budget_trials", by={}, at="t")
+    assert (completion["n_trials"], completion["n_pruned"], completion["best_trial"]) == (3, 1, 0)
 
 
 def test_study_id_is_derived_from_the_triggering_event() -> None:

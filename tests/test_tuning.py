@@ -453,3 +453,107 @@ def test_redelivered_study_completion_registers_nothing_new(
         f"name = '{CONTRACT.model_name}' and tags.`faaspipe.study_id` = '{study['id']}'"
     )
     assert [v.version for v in versions] == [registered["data"]["version"]]
+
+
+def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version: str) -> None:
+    """A study with successive halving, four trials done well: the fifth, a real trial, is
+    pruned at its first checkpoint; events (progress, finished, completed) and MLflow say so."""
+    from mlflow import MlflowClient
+
+    from functions.tune import study as study_logic
+    from functions.tune.space import XGBOOST_DEFAULTS, XGBOOST_SPACE, point_of
+
+    client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
+    experiment = client.get_experiment_by_name(CONTRACT.model_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(CONTRACT.model_name)
+    study_id = f"pruner-{uuid.uuid4().hex[:8]}"
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"study {study_id} (test)",
+        tags={"faaspipe.role": "study", "faaspipe.study_id": study_id},
+    )
+    data = offline_parquet(AI4I_CSV.read_bytes())
+    keys = {part: layout.study_data(study_id, part) for part in ("train", "holdout")}
+    for key in keys.values():
+        stack.s3().put_object(layout.MODELS, key, io.BytesIO(data), len(data))
+    config = study_logic.StudyConfig(
+        n_trials=5, parallelism=1, patience=0, pruner="successive_halving", pruner_report_every=10
+    )
+    state = study_logic.new_state(
+        study_id=study_id,
+        model_name=CONTRACT.model_name,
+        contract=CONTRACT.ref,
+        dataset=CONTRACT.name,
+        dataset_version=dataset_version,
+        feature_view=CONTRACT.feature_view,
+        trigger={"type": "test", "source": "/tests/test_tuning", "id": study_id},
+        config=config,
+        space=[d.to_doc() for d in XGBOOST_SPACE],
+        initial_points=[],
+        data={"train_key": keys["train"], "holdout_key": keys["holdout"], "checksum": "test"},
+        mlflow={"experiment_id": experiment_id, "parent_run_id": parent.info.run_id},
+        created_at="2026-01-01T00:00:00Z",
+        now=time.time(),
+    )
+    x = point_of(XGBOOST_SPACE, XGBOOST_DEFAULTS)
+    for number in range(5):
+        study_logic.add_request(state, x, dict(XGBOOST_DEFAULTS), at="2026-01-01T00:00:00Z")
+        state["trials"][number]["emitted"] = True
+    for number in range(4):  # four trials finished with a score no real trial reaches at 10 rounds
+        result = {
+            "trial_number": number,
+            "status": "ok",
+            "score": 0.9999,
+            "best_iteration": 9,
+            "duration_s": 1.0,
+        }
+        study_logic.record_result(state, result, at="2026-01-01T00:00:00Z")
+        record = {"number": number, "state": "complete", "values": {"10": 0.9999}, "rungs": {"0": 0.9999}}
+        body = json.dumps(record).encode()
+        stack.s3().put_object(
+            layout.MODELS, layout.study_progress(study_id, number), io.BytesIO(body), len(body)
+        )
+    body = json.dumps(state).encode()
+    stack.s3().put_object(layout.MODELS, layout.study_state(study_id), io.BytesIO(body), len(body))
+
+    request = TrialRequested(
+        study_id=study_id,
+        trial_number=4,
+        params=dict(XGBOOST_DEFAULTS),
+        dataset_version=dataset_version,
+        feature_view=CONTRACT.feature_view,
+        seed=config.seed,
+        pruner="successive_halving",
+        report_every=10,
+    ).to_event(source="/tests/test_tuning", subject=study_id, id=f"{study_id}.trial.4")
+    assert stack.post_event(request).status == 202
+
+    [completed] = wait_until(
+        lambda: ml_records(stack, "mlrec-study-completed", study_id),
+        timeout=CHAIN_TIMEOUT_S,
+        interval=1.0,
+        what=f"study {study_id} to complete",
+    )
+    assert completed["data"]["n_pruned"] == 1 and completed["data"]["n_trials"] == 5
+    [finished] = [r["data"] for r in ml_records(stack, "mlrec-trial-finished", study_id)]
+    assert (finished["status"], finished["pruned_step"], finished["trial_number"]) == ("pruned", 10, 4)
+    assert 0.5 < finished["score"] < 0.9999
+    progress = wait_until(
+        lambda: ml_records(stack, "mlrec-trial-progress", study_id),
+        timeout=30,
+        what="the trial's progress event",
+    )
+    assert [(p["data"]["step"], p["data"]["pruned"]) for p in progress] == [(10, True)]
+    assert progress[0]["data"]["score"] == pytest.approx(finished["score"])
+    record = s3_json(stack, layout.MODELS, layout.study_progress(study_id, 4))
+    assert (record["state"], record["pruned_step"], list(record["rungs"])) == ("pruned", 10, ["0"])
+    entry = s3_json(stack, layout.MODELS, layout.study_state(study_id))["trials"][4]
+    assert (entry["status"], entry["pruned_step"]) == ("pruned", 10)
+
+    run = client.get_run(finished["run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["faaspipe.status"] == "pruned" and run.data.tags["faaspipe.pruned_step"] == "10"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.metrics["pruned_cv_roc_auc"] == pytest.approx(finished["score"])
+    assert run.data.metrics["cpu_s"] > 0
+    assert run.data.params["pruner"] == "successive_halving"

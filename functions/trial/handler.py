@@ -5,6 +5,13 @@ early stopping on each fold's validation ROC-AUC, reporting the mean/std ROC-AUC
 best iteration. Every trial is an MLflow child run of the study's parent run. A failing trial
 replies ``status: failed`` with the error, so the study carries on.
 
+Multi-fidelity: every ``report_every`` boosting rounds the trial records its best mean CV score
+so far in the study's shared progress records (``functions.trial.progress``, in S3), emits
+``tuning.trial.progress`` and asks the study's pruner (``median`` | ``successive_halving``)
+whether to stop; a stopped trial replies ``status: pruned`` with the round, and its MLflow run
+ends KILLED with the tag ``faaspipe.status=pruned``. Every run logs ``cpu_s``, the trial's
+process CPU time.
+
 Idempotency: the reply id is derived from (study, trial); a finished child run of the same
 trial is answered from MLflow instead of being computed again.
 """
@@ -18,10 +25,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from events import TrialFinished, TrialRequested
+from events import TrialFinished, TrialProgress, TrialRequested
+from functions.trial import progress
 from shared import layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import get_contract
+from shared.emit import emit
 from shared.errors import EventRejected
 
 log = logging.getLogger("faaspipe.trial")
@@ -77,8 +86,18 @@ def handle(event: CloudEvent) -> CloudEvent:
         )
         return _reply_from_run(request, previous)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     result: modelling.CvResult | None = None
+    pruned: modelling.TrialPruned | None = None
     error: str | None = None
+    reporter = progress.Reporter(
+        _progress_store(),
+        request.study_id,
+        request.trial_number,
+        pruner=request.pruner,
+        report_every=request.report_every,
+        on_report=lambda step, score, stop: _emit_progress(request, step, score, stop),
+    )
     try:
         result = modelling.cross_validate(
             data.x,
@@ -88,12 +107,23 @@ def handle(event: CloudEvent) -> CloudEvent:
             folds=data.folds,
             max_rounds=int(data.config["max_rounds"]),
             early_stopping_rounds=int(data.config["early_stopping_rounds"]),
+            report_every=request.report_every,
+            on_checkpoint=reporter,
         )
+        reporter.finish("complete")
+    except modelling.TrialPruned as exc:
+        pruned = exc
+    except progress.ProgressUnavailable:
+        raise  # the object store, not the trial: the delivery is retried
     except Exception as exc:  # noqa: BLE001 - reported as a failed trial, the study goes on
         log.exception("study %s trial %d failed", request.study_id, request.trial_number)
         error = f"{type(exc).__name__}: {exc}"[:1000]
+        _finish_quietly(reporter, "failed")
     duration = time.perf_counter() - started
-    run_id = _log_run(data, request, result, error, duration)
+    cpu_s = time.process_time() - cpu_started
+    if pruned is not None:
+        return _pruned_reply(data, request, reporter, pruned, duration, cpu_s)
+    run_id = _log_run(data, request, result, error, duration, cpu_s=cpu_s, reporter=reporter)
     if result is not None:
         log.info(
             "study %s trial %d: CV ROC-AUC %.5f ± %.5f, best iteration %d, %.2fs",
@@ -116,6 +146,75 @@ def handle(event: CloudEvent) -> CloudEvent:
         duration_s=round(duration, 4),
         error=error,
     ).to_event(**_reply_attributes(request))
+
+
+def _pruned_reply(
+    data: StudyData,
+    request: TrialRequested,
+    reporter: progress.Reporter,
+    pruned: modelling.TrialPruned,
+    duration: float,
+    cpu_s: float,
+) -> CloudEvent:
+    run_id = _log_run(data, request, None, None, duration, cpu_s=cpu_s, reporter=reporter, pruned=pruned)
+    log.info(
+        "study %s trial %d pruned (%s) at round %d: CV ROC-AUC so far %.5f, %.2fs",
+        request.study_id,
+        request.trial_number,
+        request.pruner,
+        pruned.step,
+        pruned.score,
+        duration,
+    )
+    return TrialFinished(
+        study_id=request.study_id,
+        trial_number=request.trial_number,
+        params=request.params,
+        status="pruned",
+        score=pruned.score,
+        run_id=run_id,
+        duration_s=round(duration, 4),
+        pruned_step=pruned.step,
+    ).to_event(**_reply_attributes(request))
+
+
+_store: progress.S3ProgressStore | None = None
+
+
+def _progress_store() -> progress.S3ProgressStore:
+    global _store
+    if _store is None:
+        _store = progress.S3ProgressStore()
+    return _store
+
+
+def _finish_quietly(reporter: progress.Reporter, state: str) -> None:
+    try:
+        reporter.finish(state)
+    except Exception:  # noqa: BLE001 - only the record of a trial that failed anyway
+        log.warning("could not record the end of trial %d", reporter.doc.number, exc_info=True)
+
+
+def _emit_progress(request: TrialRequested, step: int, score: float, stop: bool) -> None:
+    """``tuning.trial.progress`` (best effort: the decision is in the shared records already)."""
+    try:
+        emit(
+            TrialProgress(
+                study_id=request.study_id,
+                trial_number=request.trial_number,
+                step=step,
+                score=score,
+                pruner=request.pruner,
+                pruned=stop,
+            ).to_event(
+                source=SOURCE,
+                subject=request.study_id,
+                id=f"{request.study_id}.trial.{request.trial_number}.progress.{step}",
+                extensions={"partitionkey": request.study_id},
+            )
+        )
+    except Exception:  # noqa: BLE001
+        log.warning("could not emit the progress of trial %d at round %d", request.trial_number, step)
 
 
 def _failed(request: TrialRequested, error: str) -> CloudEvent:
@@ -178,22 +277,46 @@ def _run_tags(data: StudyData, number: int) -> dict[str, str]:
 
 
 def _finished_run(data: StudyData, number: int) -> Any | None:
-    """A finished, successful child run of this trial (from an earlier delivery), if any."""
+    """A finished child run of this trial (from an earlier delivery), successful or pruned, if any."""
     try:
-        runs = modelling.find_runs(
-            modelling.mlflow_client(),
-            data.experiment_id,
-            {**_run_tags(data, number), "faaspipe.status": "ok"},
-        )
+        runs = modelling.find_runs(modelling.mlflow_client(), data.experiment_id, _run_tags(data, number))
     except Exception:  # noqa: BLE001 - without tracking, compute again
         log.warning("could not look for an earlier run of trial %d", number, exc_info=True)
         return None
-    runs = [r for r in runs if r.info.status == "FINISHED" and "cv_roc_auc" in r.data.metrics]
+    runs = [r for r in runs if _is_ok(r) or _is_pruned(r)]
     return runs[-1] if runs else None
+
+
+def _is_ok(run: Any) -> bool:
+    return bool(
+        run.data.tags.get("faaspipe.status") == "ok"
+        and run.info.status == "FINISHED"
+        and "cv_roc_auc" in run.data.metrics
+    )
+
+
+def _is_pruned(run: Any) -> bool:
+    return bool(
+        run.data.tags.get("faaspipe.status") == "pruned"
+        and run.info.status == "KILLED"
+        and "faaspipe.pruned_step" in run.data.tags
+        and "pruned_cv_roc_auc" in run.data.metrics
+    )
 
 
 def _reply_from_run(request: TrialRequested, run: Any) -> CloudEvent:
     metrics = run.data.metrics
+    if _is_pruned(run):
+        return TrialFinished(
+            study_id=request.study_id,
+            trial_number=request.trial_number,
+            params=request.params,
+            status="pruned",
+            score=float(metrics["pruned_cv_roc_auc"]),
+            run_id=run.info.run_id,
+            duration_s=float(metrics.get("duration_s", 0.0)),
+            pruned_step=int(run.data.tags["faaspipe.pruned_step"]),
+        ).to_event(**_reply_attributes(request))
     return TrialFinished(
         study_id=request.study_id,
         trial_number=request.trial_number,
@@ -213,8 +336,15 @@ def _log_run(
     result: modelling.CvResult | None,
     error: str | None,
     duration: float,
+    *,
+    cpu_s: float,
+    reporter: progress.Reporter,
+    pruned: modelling.TrialPruned | None = None,
 ) -> str | None:
-    """The trial's MLflow child run (best effort: a tracking outage does not fail the trial)."""
+    """The trial's MLflow child run (best effort: a tracking outage does not fail the trial).
+
+    A pruned trial's run ends KILLED, tagged ``faaspipe.status=pruned`` and
+    ``faaspipe.pruned_step``, with its last intermediate score as ``pruned_cv_roc_auc``."""
     from mlflow.entities import Metric, Param, RunTag
 
     try:
@@ -230,7 +360,15 @@ def _log_run(
             },
         )
         stamp = int(time.time() * 1000)
-        metrics = [Metric("duration_s", duration, stamp, 0)]
+        metrics = [Metric("duration_s", duration, stamp, 0), Metric("cpu_s", cpu_s, stamp, 0)]
+        metrics += [
+            Metric("cv_roc_auc_progress", v, stamp, k) for k, v in sorted(reporter.doc.values.items())
+        ]
+        if pruned is not None:
+            metrics += [
+                Metric("pruned_cv_roc_auc", pruned.score, stamp, 0),
+                Metric("rounds", float(pruned.rounds), stamp, 0),
+            ]
         if result is not None:
             metrics += [
                 Metric("cv_roc_auc", result.score, stamp, 0),
@@ -241,11 +379,16 @@ def _log_run(
             metrics.append(Metric("rounds", float(result.rounds), stamp, 0))
         params = [Param(k, str(v)) for k, v in sorted(request.params.items())]
         params += [Param("seed", str(request.seed)), Param("cv_folds", str(len(data.folds)))]
-        tags = [RunTag("faaspipe.status", "ok" if result is not None else "failed")]
+        params += [Param("pruner", request.pruner), Param("report_every", str(request.report_every))]
+        status = "pruned" if pruned is not None else "ok" if result is not None else "failed"
+        tags = [RunTag("faaspipe.status", status)]
+        if pruned is not None:
+            tags.append(RunTag("faaspipe.pruned_step", str(pruned.step)))
         if error:
             tags.append(RunTag("faaspipe.error", error[:4000]))
         client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
-        client.set_terminated(run.info.run_id, "FINISHED" if result is not None else "FAILED")
+        end = {"pruned": "KILLED", "ok": "FINISHED", "failed": "FAILED"}[status]
+        client.set_terminated(run.info.run_id, end)
         return str(run.info.run_id)
     except Exception:  # noqa: BLE001
         log.warning("could not log the MLflow run of trial %d", request.trial_number, exc_info=True)

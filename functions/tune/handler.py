@@ -147,7 +147,7 @@ def _create_study(
     study_id: str, contract: Contract, version: str, feature_view: str, event: CloudEvent
 ) -> dict[str, Any] | None:
     """The new study's state, written; None when another replica's creation won the race."""
-    config = study.StudyConfig.from_env()
+    config = study.StudyConfig.from_env().with_pruner(_requested_pruner(event))
     started = time.perf_counter()
     frame = modelling.load_training_frame(contract, version)
     train, holdout = modelling.split_holdout(
@@ -216,6 +216,13 @@ def _create_study(
         config.patience,
     )
     return state
+
+
+def _requested_pruner(event: CloudEvent) -> str | None:
+    """The pruner a ``retrain.requested`` asks for (None: the configured default)."""
+    if event.get_type() != RetrainRequested.TYPE:
+        return None
+    return RetrainRequested.from_event(event).pruner
 
 
 def _parent_run(
@@ -338,7 +345,8 @@ def _next_point(state: dict[str, Any], space: list[Dimension], number: int) -> l
         return list(state["initial_points"][number])
     config = study.config_of(state)
     ordered = sorted(state["trials"], key=lambda t: t["number"])
-    done = [(t["x"], t["score"]) for t in ordered if t["status"] == "ok"]
+    # a pruned trial counts with its last intermediate score (a pessimistic one, as Optuna's TPE ranks it)
+    done = [(t["x"], t["score"]) for t in ordered if t["status"] in ("ok", "pruned")]
     running = [t["x"] for t in ordered if t["status"] == "requested"]
     started = time.perf_counter()
     x = suggest(space, done, running, seed=config.seed + number, acq_func=config.acq_func)
@@ -399,6 +407,7 @@ def _completion_reply(state: dict[str, Any]) -> CloudEvent:
         best_score=completion["best_score"],
         n_trials=completion["n_trials"],
         stop_reason=completion["stop_reason"],
+        n_pruned=int(completion.get("n_pruned", 0)),
     ).to_event(source=SOURCE, subject=state["study_id"], id=f"{state['study_id']}.completed")
 
 
@@ -479,6 +488,8 @@ def _emit_requested(state: dict[str, Any], numbers: list[int]) -> None:
                 dataset_version=state["dataset_version"],
                 feature_view=state["feature_view"],
                 seed=int(study.config_of(state).seed),
+                pruner=study.config_of(state).pruner,
+                report_every=study.config_of(state).pruner_report_every,
             ).to_event(
                 source=SOURCE,
                 subject=state["study_id"],

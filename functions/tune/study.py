@@ -14,8 +14,10 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from shared.pruning import PRUNERS
 
 STATE_SCHEMA = 1
 STOP_REASONS = ("budget_trials", "budget_time", "early_stop")
@@ -40,6 +42,8 @@ class StudyConfig:
     cv_folds: int = 5
     max_rounds: int = 1000
     early_stopping_rounds: int = 50
+    pruner: str = "none"  # none | median | successive_halving (shared.pruning)
+    pruner_report_every: int = 20  # boosting rounds between a trial's intermediate scores
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StudyConfig:
@@ -55,7 +59,15 @@ class StudyConfig:
             patience=max(0, int(env.get("FAASPIPE_TUNE_PATIENCE", base.patience))),
             min_delta=float(env.get("FAASPIPE_TUNE_MIN_DELTA", base.min_delta)),
             n_initial_points=min(n_trials, max(parallelism, base.n_initial_points)),
+            pruner=pruner_of(env.get("FAASPIPE_TUNE_PRUNER", base.pruner)),
+            pruner_report_every=max(
+                1, int(env.get("FAASPIPE_TUNE_PRUNER_REPORT_EVERY", base.pruner_report_every))
+            ),
         )
+
+    def with_pruner(self, pruner: str | None) -> StudyConfig:
+        """This configuration with the study's own pruner (a ``retrain.requested`` may ask for one)."""
+        return self if pruner is None else replace(self, pruner=pruner_of(pruner))
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +75,12 @@ class StudyConfig:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> StudyConfig:
         return cls(**doc)
+
+
+def pruner_of(name: str) -> str:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}: one of {', '.join(PRUNERS)}")
+    return name
 
 
 def study_id_for(dataset: str, version: str, source: str, event_id: str) -> str:
@@ -124,8 +142,8 @@ def trial(state: Mapping[str, Any], number: int) -> dict[str, Any]:
 
 
 def finished(state: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Finished trials (ok or failed) in the order they finished."""
-    done = [t for t in state["trials"] if t["status"] in ("ok", "failed")]
+    """Finished trials (ok, failed or pruned) in the order they finished."""
+    done = [t for t in state["trials"] if t["status"] in ("ok", "failed", "pruned")]
     return sorted(done, key=lambda t: t["finish_seq"])
 
 
@@ -156,11 +174,13 @@ def record_result(state: dict[str, Any], result: Mapping[str, Any], *, at: str) 
     if entry["status"] != "requested":
         entry["repeats"] = int(entry.get("repeats", 0)) + 1
         return False
-    ok = result["status"] == "ok" and result.get("score") is not None and math.isfinite(result["score"])
+    scored = result.get("score") is not None and math.isfinite(result["score"])
+    ok = result["status"] in ("ok", "pruned") and scored
     state["finish_count"] = int(state.get("finish_count", 0)) + 1
     entry.update(
-        status="ok" if ok else "failed",
+        status=str(result["status"]) if ok else "failed",
         score=float(result["score"]) if ok else None,
+        pruned_step=result.get("pruned_step"),
         score_std=result.get("score_std"),
         best_iteration=result.get("best_iteration"),
         run_id=result.get("run_id"),
@@ -254,6 +274,7 @@ def complete(state: dict[str, Any], reason: str, *, by: Mapping[str, str], at: s
         "best_iteration": best.get("best_iteration"),
         "n_trials": len(finished(state)),
         "n_failed": sum(1 for t in finished(state) if t["status"] == "failed"),
+        "n_pruned": sum(1 for t in finished(state) if t["status"] == "pruned"),
         "pending_at_completion": [t["number"] for t in pending(state)],
         "completed_at": at,
         "by": dict(by),
