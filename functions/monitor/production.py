@@ -46,13 +46,13 @@ VERSION_HEX_DIGITS = 16  # as ingest names a version: the first 16 hex digits of
 @dataclass(frozen=True)
 class ProductionConfig:
     ingest_wait_s: float = 60.0  # how long a drift waits for its production rows to be ingested
-    udi_base: int = 1_000_000_000  # udi of a prediction without an entity id: base + its sequence
+    udi_base: int = 10_000_000  # udi of a prediction without an entity id: base + its sequence
 
     @classmethod
     def from_env(cls) -> ProductionConfig:
         return cls(
             ingest_wait_s=float(os.environ.get("FAASPIPE_PRODUCTION_INGEST_WAIT_S", "60")),
-            udi_base=int(os.environ.get("FAASPIPE_PRODUCTION_UDI_BASE", "1000000000")),
+            udi_base=int(os.environ.get("FAASPIPE_PRODUCTION_UDI_BASE", "10000000")),
         )
 
 

@@ -37,14 +37,14 @@ VERSION_COLUMN = "_dataset_version"
 @dataclass(frozen=True)
 class WindowConfig:
     production_rows: int = 20_000
-    min_production_rows: int = 500
+    min_production_rows: int = 300
     holdout_fraction: float = 0.25
 
     @classmethod
     def from_env(cls) -> WindowConfig:
         return cls(
             production_rows=int(os.environ.get("FAASPIPE_RETRAIN_PRODUCTION_ROWS", "20000")),
-            min_production_rows=int(os.environ.get("FAASPIPE_RETRAIN_MIN_PRODUCTION_ROWS", "500")),
+            min_production_rows=int(os.environ.get("FAASPIPE_RETRAIN_MIN_PRODUCTION_ROWS", "300")),
             holdout_fraction=float(os.environ.get("FAASPIPE_RETRAIN_HOLDOUT_FRACTION", "0.25")),
         )
 
