@@ -95,6 +95,15 @@ def production_frame(contract: Contract, versions: list[dict[str, object]]) -> p
     return frame.sort_values([EVENT_TIMESTAMP, contract.entity_key], kind="stable").reset_index(drop=True)
 
 
+def _utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same event-time type in every part (Feast's join and the Parquet may differ in unit)."""
+    import pandas as pd
+
+    frame = frame.copy()
+    frame[EVENT_TIMESTAMP] = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True).astype("datetime64[ns, UTC]")
+    return frame
+
+
 def split_by_time(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(older part, newest ``fraction``) of a frame sorted by event time."""
     n_holdout = max(1, math.ceil(len(frame) * fraction))
@@ -139,8 +148,9 @@ def retrain_window(
     base = base[~base[contract.entity_key].isin(production[contract.entity_key])]  # production's label wins
     used = list(dict.fromkeys(production[VERSION_COLUMN]))
     columns = list(base.columns)
-    train = pd.concat([base, older[columns]], ignore_index=True)
-    holdout = holdout[columns].reset_index(drop=True)
+    base, older, holdout = (_utc(part[columns]) for part in (base, older, holdout))
+    train = pd.concat([base, older], ignore_index=True)
+    holdout = holdout.reset_index(drop=True)
     frame = pd.concat([train, holdout], ignore_index=True)
     window = {
         **declared,
