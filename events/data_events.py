@@ -51,6 +51,7 @@ class DatasetIngested(EventData):
     rows_rejected: int
     event_time_min: str
     event_time_max: str
+    origin: Literal["file", "production"] = "file"  # production: labelled predictions (monitor)
 
 
 @register

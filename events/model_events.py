@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, NotRequired, TypedDict
 
 from events.catalogue import register
@@ -64,6 +64,7 @@ class ModelRegistered(EventData):
     dataset_checksum: str
     feature_view: str
     metrics: ModelMetrics
+    dataset_versions: list[str] = field(default_factory=list)  # every dataset version trained on
 
 
 @register

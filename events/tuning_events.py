@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from events.catalogue import register
@@ -78,3 +78,4 @@ class StudyCompleted(EventData):
     n_trials: int
     stop_reason: Literal["budget_trials", "budget_time", "early_stop"]
     n_pruned: int = 0
+    dataset_versions: list[str] = field(default_factory=list)  # every dataset version trained on

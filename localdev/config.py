@@ -262,8 +262,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_PERF_TOLERANCE", "0.05", "float", "function", minimum=0),
     Setting("FAASPIPE_PERF_F1_TOLERANCE", "0.15", "float", "function", minimum=0),
     Setting("FAASPIPE_MONITOR_KEEP_PREDICTIONS", "100000", "int", "function", minimum=1),
+    Setting("FAASPIPE_PRODUCTION_INGEST_WAIT_S", "60", "float", "function", minimum=0),
+    Setting("FAASPIPE_PRODUCTION_UDI_BASE", "10000000", "int", "function", minimum=1),
     Setting("FAASPIPE_RETRAIN_COOLDOWN_SECONDS", "600", "float", "function", minimum=0),
     Setting("FAASPIPE_RETRAIN_MAX_IN_FLIGHT_SECONDS", "7200", "float", "function", minimum=0),
+    Setting("FAASPIPE_RETRAIN_PRODUCTION_ROWS", "20000", "int", "function", minimum=0),
+    Setting("FAASPIPE_RETRAIN_MIN_PRODUCTION_ROWS", "300", "int", "function", minimum=1),
+    Setting("FAASPIPE_RETRAIN_HOLDOUT_FRACTION", "0.25", "float", "function", minimum=0.01),
 )
 
 # Set by the platform for every function replica (StackConfig.function_env); not user settings.

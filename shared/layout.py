@@ -13,6 +13,7 @@ FEATURES = "features"
 MODELS = "models"
 PREDICTIONS = "predictions"
 SCORE_DIR = "score"
+PRODUCTION_DIR = "production"
 
 
 def offline_data(dataset: str, version: str) -> str:
@@ -33,6 +34,18 @@ def quarantined(key: str) -> tuple[str, str]:
 def score_prefix(landing_prefix: str) -> str:
     """Landing prefix of a dataset's files to score (``<landing_prefix>score/``), not to ingest."""
     return f"{landing_prefix.rstrip('/')}/{SCORE_DIR}/"
+
+
+def production_prefix(landing_prefix: str) -> str:
+    """Landing prefix of a dataset's labelled production rows (``<landing_prefix>production/``),
+    written by the monitor and ingested like any file (origin ``production``)."""
+    return f"{landing_prefix.rstrip('/')}/{PRODUCTION_DIR}/"
+
+
+def production_index(dataset: str, version: str = "") -> str:
+    """Object key (features bucket): JSON of one ingested production version (rows, event-time
+    range, source); without a version, the dataset's prefix of them. Training windows list it."""
+    return f"datasets/{dataset}/production/{version + '.json' if version else ''}"
 
 
 def batch_output(dataset: str, relative_key: str, run: str, file: str) -> str:

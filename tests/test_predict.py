@@ -619,6 +619,7 @@ print(json.dumps({k: [r.status_code, r.get_json()] for k, r in answers.items()})
         LITE_MODEL_NAME: "UNAVAILABLE",
         "ai4i-canary-failure": "UNLOADED",  # tests/contracts/ai4i_{canary,shadow}.yaml: never
         "ai4i-shadow-failure": "UNLOADED",  # asked for here
+        "ai4i-learn-failure": "UNLOADED",  # tests/contracts/ai4i_learn.yaml
     }, index
 
 

@@ -3,6 +3,10 @@
 On ``dev.faaspipe.object.created.v1`` from ``s3://landing`` (the object key is the subject):
 
 - keys under no contract's ``landing_prefix`` are logged and ignored (no reply, no loop);
+- keys under a contract's production prefix (``landing/<dataset>/production/``,
+  ``layout.production_prefix``) are labelled production rows the monitor wrote: validated
+  like any file, replied with ``origin: production``, and listed under
+  ``layout.production_index`` (the training windows of retrains read that list);
 - keys under a contract's score prefix (``landing/<dataset>/score/``, ``layout.score_prefix``)
   are files to score, handled by ``functions/batch_score``: logged and ignored here;
 - **rejected** files (file-level rule broken, or too many bad rows) are moved to the
@@ -291,6 +295,9 @@ def _accept(
     validation: Validation,
 ) -> CloudEvent:
     version = dataset_version(source.data)
+    origin = (
+        "production" if source.key.startswith(layout.production_prefix(contract.landing_prefix)) else "file"
+    )
     offline_key = layout.offline_data(contract.name, version)
     frame = offline_frame(contract, validation.valid_table())
     if _exists(layout.FEATURES, offline_key):
@@ -304,6 +311,24 @@ def _accept(
         log.info("%s → s3://%s/%s (%d rows)", source.uri, layout.FEATURES, offline_key, len(frame))
     if validation.rows_rejected:
         _quarantine_rejected_rows(event, created, contract, source, validation, version)
+    time_min = rfc3339(frame[EVENT_TIMESTAMP].min().to_pydatetime())
+    time_max = rfc3339(frame[EVENT_TIMESTAMP].max().to_pydatetime())
+    if origin == "production":
+        index = {
+            "dataset": contract.name,
+            "version": version,
+            "contract": contract.ref,
+            "source_uri": source.uri,
+            "rows": len(frame),
+            "event_time_min": time_min,
+            "event_time_max": time_max,
+        }
+        _put(
+            layout.FEATURES,
+            layout.production_index(contract.name, version),
+            json.dumps(index, indent=2).encode(),
+            "application/json",
+        )
     return DatasetIngested(
         dataset=contract.name,
         version=version,
@@ -314,8 +339,9 @@ def _accept(
         rows_in=validation.rows_in,
         rows_written=len(frame),
         rows_rejected=validation.rows_rejected,
-        event_time_min=rfc3339(frame[EVENT_TIMESTAMP].min().to_pydatetime()),
-        event_time_max=rfc3339(frame[EVENT_TIMESTAMP].max().to_pydatetime()),
+        event_time_min=time_min,
+        event_time_max=time_max,
+        origin=origin,
     ).to_event(
         source=SOURCE,
         subject=f"{contract.name}/{version}",

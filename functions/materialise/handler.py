@@ -10,6 +10,9 @@ For the dataset version of the event:
 3. ``layout.dataset_latest(dataset)`` in the features bucket := the reply's data (JSON);
 4. reply ``dev.faaspipe.features.materialised.v1`` (id derived from the input event).
 
+A version of origin ``production`` (labelled production rows the monitor wrote) is training
+data for retrains, not features to serve: it is not materialised (no reply).
+
 Everything is idempotent: applying and materialising the same version again writes the same
 values; the reply id and ``latest.json`` content depend on the event only.
 """
@@ -52,8 +55,13 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def handle(event: CloudEvent) -> CloudEvent:
+def handle(event: CloudEvent) -> CloudEvent | None:
     ingested = DatasetIngested.from_event(event)
+    if ingested.origin == "production":
+        log.info(
+            "%s@%s: production rows (training data), not materialised", ingested.dataset, ingested.version
+        )
+        return None
     try:
         contract = get_contract(ingested.dataset)
     except ContractError as exc:

@@ -10,7 +10,11 @@
 * ``dev.faaspipe.object.created.v1`` for ``labels/…`` in the landing bucket → the labels are
   joined on the stored predictions (``request_id`` or ``udi``); ROC-AUC / F1 of the latest
   labelled window vs the holdout metrics in ``meta.json``; a drop beyond the tolerance →
-  ``drift.detected`` (kind ``performance``).
+  ``drift.detected`` (kind ``performance``). The labelled predictions are written as a file
+  of the model's data contract to ``landing/<dataset>/production/`` (``production.py``), so
+  ingest validates them into a dataset version of origin ``production``, the training data
+  of the retrain; a performance drift is announced once that file was ingested (or after
+  ``FAASPIPE_PRODUCTION_INGEST_WAIT_S``), so the retrain it starts finds it.
 * a prediction logged during a rollout (``rollout`` set) is also kept as a rollout
   observation; a timer (``FAASPIPE_ROLLOUT_CHECK_SECONDS``, default 2) judges each undecided
   rollout against its registry tag (``rollout.py``) and emits ``dev.faaspipe.rollout.decided.v1``
@@ -45,6 +49,7 @@ from minio.error import S3Error
 from prometheus_client import Counter, Gauge, Histogram
 
 from events import DriftDetected, ObjectCreated, PredictionLogged, RolloutDecided, rfc3339
+from functions.monitor import production
 from functions.monitor import rollout as judge
 from functions.monitor.drift import DETECTOR_NAME, ReferenceCache
 from functions.monitor.performance import (
@@ -90,6 +95,7 @@ class Monitor:
         self.p_val = p_val
         self.s3 = settings.s3_client()
         self.performance = PerformanceConfig.from_env()
+        self.production = production.ProductionConfig.from_env()
         self.store = MonitorStore(
             os.environ.get(DATABASE_URL_ENV) or state_dir / "monitor" / "monitor.db",
             int(os.environ.get("FAASPIPE_MONITOR_KEEP_PREDICTIONS", "100000")),
@@ -322,8 +328,12 @@ class Monitor:
             labels, skipped = parse_labels_csv(data)
         except (LabelsFileError, UnicodeDecodeError) as exc:
             raise EventRejected(f"s3://{created.bucket}/{created.key}: {exc}") from exc
-        touched = self.store.join_labels(labels, f"{created.key}@{created.version}")
+        labels_object = f"{created.key}@{created.version}"
+        touched = self.store.join_labels(labels, labels_object)
         LABELS_JOINED.inc(len(labels))
+        files = production.write_production(
+            self.s3, self.store.labelled_rows(labels_object), created.key, self.production
+        )
         log.info(
             "labels s3://%s/%s: %d rows (%d skipped), model versions %s",
             created.bucket,
@@ -335,6 +345,10 @@ class Monitor:
         events = [
             e for e in (self.check_performance(m, v, event) for m, v in sorted(touched)) if e is not None
         ]
+        if events and files:  # the retrain a drift starts trains on these rows: ingested first
+            started = time.perf_counter()
+            outcomes = production.wait_ingested(self.s3, files, self.production.ingest_wait_s)
+            log.info("production files %s (%.1fs)", outcomes, time.perf_counter() - started)
         for extra in events[1:]:
             emit(extra)
         return events[0] if events else None

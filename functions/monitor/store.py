@@ -108,6 +108,18 @@ class LabelledRow:
 
 
 @dataclass(frozen=True)
+class ProductionRow:
+    """A labelled prediction with its inputs: one row of production training data."""
+
+    seq: int  # the prediction's sequence number in the store (stable: a udi when it has none)
+    entity_id: str | None
+    model_name: str
+    inputs: dict[str, Any]
+    truth: int
+    predicted_at: str
+
+
+@dataclass(frozen=True)
 class RolloutObservation:
     event_id: str
     rollout_id: str
@@ -268,6 +280,19 @@ class MonitorStore:
             (model_name, model_version, size),
         )
         return [LabelledRow(*row) for row in rows]
+
+    def labelled_rows(self, labels_object: str) -> list[ProductionRow]:
+        """The predictions a labels object labelled, with their inputs, in prediction order."""
+        rows, _ = self.db.execute(
+            "SELECT p.seq, p.entity_id, p.model_name, p.inputs, l.truth, p.predicted_at"
+            " FROM monitor_labelled l JOIN monitor_predictions p ON p.event_id = l.event_id"
+            " WHERE l.labels_object = ? ORDER BY p.predicted_at, p.seq",
+            (labels_object,),
+        )
+        return [
+            ProductionRow(int(seq), entity, model, json.loads(inputs), int(truth), at)
+            for seq, entity, model, inputs, truth, at in rows
+        ]
 
     # ------------------------------------------------------------------ rollouts
     def add_rollout_observation(self, o: RolloutObservation) -> bool:

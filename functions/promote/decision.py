@@ -45,6 +45,7 @@ class Decision:
     champion_after: str | None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     rollout: dict[str, Any] | None = None  # the rollout this decision started or ended
+    comparison: dict[str, Any] | None = None  # how the ROC-AUC gate compared (functions/promote/holdout.py)
 
     @property
     def reasons(self) -> list[str]:

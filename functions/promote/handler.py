@@ -2,7 +2,8 @@
 ``model.promoted`` | ``model.rejected``).
 
 Gates, each reported: ``roc_auc`` (holdout ROC-AUC ≥ champion's − tolerance, or ≥ a floor for the
-first model), ``latency`` (single-row p99 of the S3 model.json Booster, nthread=1, within a
+first model; a retrain's challenger with a time-based holdout and the champion are both scored
+on that same recent holdout, ``holdout.py``, ``same_holdout`` in the audit record), ``latency`` (single-row p99 of the S3 model.json Booster, nthread=1, within a
 budget) and ``input_schema`` (meta.json features = the contract's encoded features, which the
 serving function sends). The alias moves with compare-and-set (``decision.decide``).
 
@@ -41,6 +42,7 @@ from typing import Any
 
 from events import ModelPromoted, ModelRegistered, ModelRejected, RolloutDecided, RolloutStarted, rfc3339
 from functions.promote import gates as artefact_gates
+from functions.promote import holdout as same_holdout
 from functions.promote import rollouts
 from functions.promote.decision import Decision, decide, roc_auc_gate
 from functions.promote.registry import CHAMPION, MlflowRegistry
@@ -204,29 +206,53 @@ def _decide(
     tolerance = _setting("FAASPIPE_PROMOTE_TOLERANCE", 0.005)
     floor = _setting("FAASPIPE_PROMOTE_FLOOR", 0.90)
 
+    recent = same_holdout.recent_holdout(meta)
+    comparisons: dict[str | None, dict[str, Any]] = {}
+
     def evaluate(champion: str | None) -> list[dict[str, Any]]:
-        champion_auc = registry.roc_auc(name, champion) if champion is not None else None
-        return [
-            roc_auc_gate(float(challenger), champion, champion_auc, tolerance=tolerance, floor=floor),
-            *fixed_gates,
-        ]
+        scores = None
+        if champion is not None and recent is not None:
+            scores = same_holdout.score_both(contract, recent, booster, name, champion)
+        if scores is None:
+            champion_auc = registry.roc_auc(name, champion) if champion is not None else None
+            comparisons[champion] = {"same_holdout": False, "champion_version": champion}
+            roc = roc_auc_gate(float(challenger), champion, champion_auc, tolerance=tolerance, floor=floor)
+        else:
+            comparisons[champion] = scores.to_doc()
+            roc = roc_auc_gate(
+                scores.challenger_roc_auc, champion, scores.champion_roc_auc, tolerance=tolerance, floor=floor
+            )
+            roc["detail"] += f" on the same recent holdout ({scores.rows} rows, {scores.positives} positive)"
+        return [roc, *fixed_gates]
 
     if contract.rollout.mode != "off":
         champion = registry.champion(name)
         if champion is not None and champion != version:
             gates = evaluate(champion)
             if not all(g["passed"] for g in gates):
-                return Decision("rejected", gates, champion, champion, [{"champion": champion}])
+                rejected = Decision("rejected", gates, champion, champion, [{"champion": champion}])
+                rejected.comparison = comparisons.get(champion)
+                return rejected
             rollout = rollouts.start(registry, name, version, champion, contract.rollout, decided_by())
             rounds = [{"champion": champion, "outcome": f"{contract.rollout.mode} rollout {rollout.id}"}]
-            return Decision("canary", gates, champion, champion, rounds, rollout=asdict(rollout))
+            return Decision(
+                "canary",
+                gates,
+                champion,
+                champion,
+                rounds,
+                rollout=asdict(rollout),
+                comparison=comparisons.get(champion),
+            )
 
     def write_pending(champion: str | None, gates: list[dict[str, Any]]) -> None:
         if all(g["passed"] for g in gates):
             pending = Decision("promoted", gates, champion, None)
             _put_record(lease, _audit_record(registered, event, pending, status="pending"))
 
-    return decide(registry, name, version, evaluate, prepare=write_pending)
+    decision = decide(registry, name, version, evaluate, prepare=write_pending)
+    decision.comparison = comparisons.get(decision.champion_before)
+    return decision
 
 
 def _serving_contract(model_name: str, meta: dict[str, Any] | None) -> Contract:
@@ -259,6 +285,8 @@ def _audit_record(
         "reasons": decision.reasons,
         "rounds": decision.rounds,
         "rollout": decision.rollout,
+        "same_holdout": bool((decision.comparison or {}).get("same_holdout")),
+        "comparison": decision.comparison,
         "decided_by": decided_by(),
         "decided_at": rfc3339(),
         "trigger": {"type": event.get_type(), "source": str(event.get_source()), "id": str(event.get_id())},
@@ -267,6 +295,7 @@ def _audit_record(
             "study_id": registered.study_id,
             "model_uri": registered.model_uri,
             "dataset_checksum": registered.dataset_checksum,
+            "dataset_versions": list(registered.dataset_versions),
             "feature_view": registered.feature_view,
             "metrics": dict(registered.metrics),
         },

@@ -165,6 +165,11 @@ def _train(completed: StudyCompleted, state: dict[str, Any], contract: Contract)
     return trained
 
 
+def dataset_versions(state: dict[str, Any]) -> list[str]:
+    """Every dataset version the study trained and was judged on (older states: its one version)."""
+    return list(state["data"].get("dataset_versions") or [state["dataset_version"]])
+
+
 # --------------------------------------------------------------------------- MLflow
 
 
@@ -202,6 +207,7 @@ def _new_run(client: Any, state: dict[str, Any], contract: Contract) -> str:
             **tags,
             "mlflow.parentRunId": state["mlflow"]["parent_run_id"],
             "faaspipe.dataset_version": state["dataset_version"],
+            "faaspipe.dataset_versions": ",".join(dataset_versions(state)),
             "faaspipe.dataset_checksum": state["data"]["checksum"],
             "faaspipe.feature_view": state["feature_view"],
             "faaspipe.contract": contract.ref,
@@ -262,6 +268,8 @@ def _tag_version(
     tags = {
         TAG_STUDY: state["study_id"],
         "faaspipe.dataset_version": state["dataset_version"],
+        "faaspipe.dataset_versions": ",".join(dataset_versions(state)),
+        "faaspipe.split": str(state["data"].get("split", "stratified")),
         "faaspipe.dataset_checksum": state["data"]["checksum"],
         "faaspipe.feature_view": state["feature_view"],
         "faaspipe.contract": contract.ref,
@@ -306,6 +314,9 @@ def _write_serving_artefacts(
         "run_id": run_id,
         "study_id": state["study_id"],
         "dataset_version": state["dataset_version"],
+        "dataset_versions": dataset_versions(state),
+        "split": state["data"].get("split", "stratified"),
+        "holdout_key": state["data"]["holdout_key"],
         "dataset_checksum": state["data"]["checksum"],
         "feature_view": state["feature_view"],
         "params": trained.params,
@@ -340,4 +351,5 @@ def _registered_event(
         dataset_checksum=state["data"]["checksum"],
         feature_view=state["feature_view"],
         metrics={k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "f1", "threshold", "brier")},
+        dataset_versions=dataset_versions(state),
     ).to_event(source=SOURCE, subject=f"{name}/{version}", id=f"{state['study_id']}.registered")

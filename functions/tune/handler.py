@@ -39,7 +39,7 @@ from events import (
     TrialRequested,
     rfc3339,
 )
-from functions.tune import study
+from functions.tune import study, window
 from functions.tune.space import XGBOOST_SPACE, Dimension, initial_design, params_of, suggest
 from shared import concurrency, contracts, layout, modelling
 from shared.cloudevents_io import CloudEvent
@@ -149,10 +149,14 @@ def _create_study(
     """The new study's state, written; None when another replica's creation won the race."""
     config = study.StudyConfig.from_env().with_pruner(_requested_pruner(event))
     started = time.perf_counter()
-    frame = modelling.load_training_frame(contract, version)
-    train, holdout = modelling.split_holdout(
-        contract, frame, fraction=config.holdout_fraction, seed=config.seed
+    parts = window.training_data(  # a retrain: reference + production rows, time holdout (window.py)
+        contract,
+        version,
+        retrain=event.get_type() == RetrainRequested.TYPE,
+        fraction=config.holdout_fraction,
+        seed=config.seed,
     )
+    frame, train, holdout = parts.frame, parts.train, parts.holdout
     for part, rows in (("train", train), ("holdout", holdout)):
         modelling.put_bytes(
             layout.MODELS,
@@ -169,6 +173,9 @@ def _create_study(
         "positives_holdout": int(holdout[contract.label].sum()),
         "checksum": modelling.frame_checksum(contract, frame),
         "train_checksum": modelling.frame_checksum(contract, train),
+        "dataset_versions": parts.dataset_versions,
+        "split": parts.split,
+        "window": parts.window,
     }
     log.info(
         "study %s: %d train / %d holdout rows of %s@%s (%.1fs)",
@@ -251,6 +258,8 @@ def _parent_run(
             "faaspipe.dataset": contract.name,
             "faaspipe.dataset_version": version,
             "faaspipe.dataset_checksum": data["checksum"],
+            "faaspipe.dataset_versions": ",".join(data["dataset_versions"]),
+            "faaspipe.split": data["split"],
             "faaspipe.feature_view": feature_view,
             "faaspipe.contract": contract.ref,
             "faaspipe.trigger_type": trigger["type"],
@@ -408,7 +417,13 @@ def _completion_reply(state: dict[str, Any]) -> CloudEvent:
         n_trials=completion["n_trials"],
         stop_reason=completion["stop_reason"],
         n_pruned=int(completion.get("n_pruned", 0)),
+        dataset_versions=dataset_versions(state),
     ).to_event(source=SOURCE, subject=state["study_id"], id=f"{state['study_id']}.completed")
+
+
+def dataset_versions(state: dict[str, Any]) -> list[str]:
+    """Every dataset version a study used (states before windows: its one version)."""
+    return list(state["data"].get("dataset_versions") or [state["dataset_version"]])
 
 
 # --------------------------------------------------------------------------- tracking
