@@ -106,3 +106,19 @@ def test_parquet_in_chunks(tmp_path: Path) -> None:
 def test_odd_files_get_the_in_memory_outcome(tmp_path: Path, data: bytes, fmt: str) -> None:
     old, new, _, _ = both(tmp_path, data, fmt)
     assert summary(old) == summary(new)
+
+
+def test_newest_rows_keeps_the_latest_row_per_entity_in_range(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from functions.materialise.online_writer import newest_rows
+
+    ts = pd.to_datetime(["2020-01-01", "2020-01-03", "2020-01-02", "2020-01-05", "2020-01-02"], utc=True)
+    table = pa.table({"udi": [1, 1, 2, 2, 3], "event_timestamp": ts})
+    path = tmp_path / "v.parquet"
+    pq.write_table(table, path, row_group_size=2)  # groups: [0, 1], [2, 3], [4]
+    start, end = pd.Timestamp("2020-01-01", tz="UTC"), pd.Timestamp("2020-01-04", tz="UTC")
+    rows = newest_rows(pq.ParquetFile(path), "udi", start.to_pydatetime(), end.to_pydatetime())
+    # entity 1: row 1 (Jan 3); entity 2: row 2 (Jan 5 is out of range); entity 3: row 4
+    assert [r.tolist() for r in rows] == [[1], [0], [0]]
