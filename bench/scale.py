@@ -43,7 +43,7 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from functions.ingest.chunked import INGEST_ROW_BYTES, validate_file
+    from functions.ingest.chunked import chunk_rows, validate_file
     from functions.ingest.validation import offline_frame, validate_bytes
     from shared import feast_repo, memory, settings
     from shared.contracts import get_contract
@@ -59,12 +59,11 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
     rest = memory.rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     if step == "ingest":
-        chunk_rows = max(1000, settings.memory_budget_bytes() // INGEST_ROW_BYTES)
         result = validate_file(
             contract,
             source,
             "csv",
-            chunk_rows=chunk_rows,
+            chunk_rows=chunk_rows(settings.memory_budget_bytes()),
             offline_path=offline,
             rejected_path=work / "rej.csv",
         )
@@ -74,14 +73,13 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
         offline_frame(contract, validation.valid_table()).to_parquet(work / "before.parquet", index=False)
         count = validation.rows_written
     elif step == "materialise":
-        from functions.materialise.online_writer import MATERIALISE_ROW_BYTES, newest_rows, write_online
+        from functions.materialise.online_writer import batch_rows, newest_rows, write_online
 
         parquet = pq.ParquetFile(offline)
         chosen = newest_rows(
             parquet, contract.entity_key, dt(2000, 1, 1, tzinfo=UTC), dt(2100, 1, 1, tzinfo=UTC)
         )
-        batch_rows = max(500, settings.memory_budget_bytes() // MATERIALISE_ROW_BYTES)
-        count = write_online(contract, parquet, chosen, batch_rows)
+        count = write_online(contract, parquet, chosen, batch_rows(settings.memory_budget_bytes()))
     else:
         assert store is not None
         store.materialize(dt(2000, 1, 1, tzinfo=UTC), dt(2100, 1, 1, tzinfo=UTC), [contract.feature_view])

@@ -36,7 +36,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from events import DatasetIngested, DatasetRejected, ObjectCreated, rfc3339
-from functions.ingest.chunked import INGEST_ROW_BYTES, ChunkedValidation, sha256_of, validate_file
+from functions.ingest.chunked import ChunkedValidation, chunk_rows, sha256_of, validate_file
 from functions.ingest.validation import ROWS_LISTED, Violation, detect_format
 from shared import layout, memory, settings
 from shared.cloudevents_io import CloudEvent
@@ -167,12 +167,11 @@ def _validate(contract: Contract, source: SourceObject, tmp: Path) -> ChunkedVal
         found = fmt or f"unknown (extension/content type {source.content_type!r})"
         message = f"format {found} is not one of the contract's formats {list(contract.formats)}"
         return ChunkedValidation(contract, 0, [Violation("format", None, message)])
-    chunk_rows = max(1000, settings.memory_budget_bytes() // INGEST_ROW_BYTES)
     return validate_file(
         contract,
         source.path,
         fmt,
-        chunk_rows=chunk_rows,
+        chunk_rows=chunk_rows(settings.memory_budget_bytes()),
         offline_path=tmp / "offline.parquet",
         rejected_path=tmp / f"rejected.{fmt}",
     )

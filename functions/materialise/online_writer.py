@@ -27,11 +27,18 @@ import pyarrow.parquet as pq
 from shared import feast_repo, layout, settings
 from shared.contracts import Contract
 
-__all__ = ["MATERIALISE_ROW_BYTES", "materialise", "newest_rows", "write_online"]
+__all__ = ["batch_rows", "materialise", "newest_rows", "write_online"]
 
 # What one row of a batch costs while Feast converts and writes it (protos per feature):
 # the batch is the memory budget over this.
 MATERIALISE_ROW_BYTES = 16_384
+# ... and what a job costs whatever its batch (row groups read, the keys and times in range).
+MATERIALISE_FIXED_BYTES = 64 * 1024 * 1024
+
+
+def batch_rows(budget_bytes: int) -> int:
+    """Rows per online write for a memory budget (at least 500)."""
+    return max(500, (budget_bytes - MATERIALISE_FIXED_BYTES) // MATERIALISE_ROW_BYTES)
 
 
 def newest_rows(parquet: pq.ParquetFile, key: str, start: datetime, end: datetime) -> list[np.ndarray]:
@@ -86,7 +93,6 @@ def materialise(contract: Contract, version: str, start: datetime, end: datetime
     """``feast_repo.materialise`` in bounded memory: rows (entities) written."""
     if feast_repo.applied_fingerprint(contract) != feast_repo.definition_fingerprint(contract, version):
         raise RuntimeError(f"the feature view does not point at {contract.name}@{version}: apply it first")
-    batch_rows = max(500, settings.memory_budget_bytes() // MATERIALISE_ROW_BYTES)
     with tempfile.TemporaryDirectory(prefix="materialise-") as tmp:
         path = Path(tmp) / "offline.parquet"
         settings.s3_client().fget_object(
@@ -94,7 +100,7 @@ def materialise(contract: Contract, version: str, start: datetime, end: datetime
         )
         parquet = pq.ParquetFile(path)
         rows = newest_rows(parquet, contract.entity_key, start, end)
-        written = write_online(contract, parquet, rows, batch_rows)
+        written = write_online(contract, parquet, rows, batch_rows(settings.memory_budget_bytes()))
     store = feast_repo.feature_store(contract)
     view = store.get_feature_view(contract.feature_view, allow_registry_cache=False)
     store.registry.apply_materialization(view, feast_repo.PROJECT, start, end)
