@@ -122,3 +122,23 @@ def test_newest_rows_keeps_the_latest_row_per_entity_in_range(tmp_path: Path) ->
     rows = newest_rows(pq.ParquetFile(path), "udi", start.to_pydatetime(), end.to_pydatetime())
     # entity 1: row 1 (Jan 3); entity 2: row 2 (Jan 5 is out of range); entity 3: row 4
     assert [r.tolist() for r in rows] == [[1], [0], [0]]
+
+
+def test_the_sqlite_fast_path_writes_the_rows_feast_writes(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import REPO
+
+    train = REPO / ".venvs" / "train" / "bin" / "python"
+    if not train.exists():
+        pytest.skip("no train environment (make envs)")
+    done = subprocess.run(
+        [str(train), "-m", "tests.sqlite_fast_check", str(tmp_path)],
+        cwd=REPO,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "equal True" in done.stdout, done.stdout

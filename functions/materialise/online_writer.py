@@ -9,7 +9,8 @@ keeps one row per entity, the newest, so this writes only those, streaming:
    entity with ``start <= event time <= end`` (the last one in file order on a tie);
 3. second pass, row group by row group: those rows are converted by Feast
    (``_convert_arrow_to_proto``, the conversion ``materialize`` uses) and written with the
-   online store's ``online_write_batch`` in batches of ``batch_rows``;
+   online store's ``online_write_batch`` in batches of ``batch_rows`` (on SQLite, the same
+   rows encoded and upserted directly by ``sqlite_fast``, about 10x faster);
 4. the materialised interval is recorded in the registry, as ``materialize`` does.
 """
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from functions.materialise import sqlite_fast
 from shared import feast_repo, layout, settings
 from shared.contracts import Contract
 
@@ -76,15 +78,18 @@ def write_online(contract: Contract, parquet: pq.ParquetFile, rows: list[np.ndar
     provider = store._get_provider()
     join_keys = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
     columns = [contract.entity_key, feast_repo.EVENT_TIMESTAMP, *feast_repo.view_features(contract)]
+    fast = sqlite_fast.supports(store, view)
     written = 0
     for g, positions in enumerate(rows):
         if not len(positions):
             continue
         group = parquet.read_row_group(g, columns=columns).take(pa.array(positions))
         for batch in group.to_batches(max_chunksize=batch_rows):
-            provider.online_write_batch(
-                store.config, view, _convert_arrow_to_proto(batch, view, join_keys), None
-            )
+            if fast:
+                sqlite_fast.write_batch(store, view, batch, contract.entity_key, feast_repo.EVENT_TIMESTAMP)
+            else:
+                rows_proto = _convert_arrow_to_proto(batch, view, join_keys)
+                provider.online_write_batch(store.config, view, rows_proto, None)
             written += batch.num_rows
     return written
 
