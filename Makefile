@@ -69,6 +69,7 @@ bench: envs
 	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
 	OMP_NUM_THREADS=1 .venvs/train/bin/python -m bench.pruning
+	$(PY) -m bench.scale
 
 lock: $(UV)
 	$(UV) lock

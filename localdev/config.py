@@ -231,6 +231,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_DATABASE_URL", "unset: SQLite files under <state>/", "url", "service"),
     # functions (function.yaml `env` wins over the shell's value)
     Setting("FAASPIPE_DATASET", "ai4i", "text", "function"),
+    Setting("FAASPIPE_MEMORY_BUDGET_MB", "256", "float", "function", minimum=1),
     Setting("FAASPIPE_OBJECT_EVENTS_BUCKETS", "landing", "text", "function"),
     Setting("FAASPIPE_TUNE_TRIALS", "24", "int", "function", minimum=1),
     Setting("FAASPIPE_TUNE_PARALLELISM", "2", "int", "function", minimum=1),

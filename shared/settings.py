@@ -55,3 +55,13 @@ def read_object(bucket: str, key: str, client: Minio | None = None) -> bytes:
     finally:
         response.close()
         response.release_conn()
+
+
+MEMORY_BUDGET_ENV = "FAASPIPE_MEMORY_BUDGET_MB"
+DEFAULT_MEMORY_BUDGET_MB = 256.0
+
+
+def memory_budget_bytes() -> int:
+    """What one big job (ingest, materialise) may use above its process's resting size;
+    the chunk and batch sizes of those jobs are derived from it (``FAASPIPE_MEMORY_BUDGET_MB``)."""
+    return int(float(os.environ.get(MEMORY_BUDGET_ENV) or DEFAULT_MEMORY_BUDGET_MB) * 1024 * 1024)

@@ -29,24 +29,20 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from minio import Minio
 from minio.error import S3Error
 
 from events import DatasetIngested, DatasetRejected, ObjectCreated, rfc3339
-from functions.ingest.validation import (
-    EVENT_TIMESTAMP,
-    ROWS_LISTED,
-    Validation,
-    detect_format,
-    offline_frame,
-    validate_bytes,
-)
-from shared import layout, settings
+from functions.ingest.chunked import ChunkedValidation, chunk_rows, sha256_of, validate_file
+from functions.ingest.validation import ROWS_LISTED, Violation, detect_format
+from shared import layout, memory, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, contract_for_key
 
@@ -77,7 +73,9 @@ def s3() -> Minio:
 class SourceObject:
     bucket: str
     key: str
-    data: bytes
+    path: Path  # the object's bytes, streamed to a local file
+    size: int
+    sha256: str
     etag: str
     content_type: str | None
 
@@ -86,8 +84,9 @@ class SourceObject:
         return f"s3://{self.bucket}/{self.key}"
 
     @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def format(self) -> str | None:
+        with open(self.path, "rb") as f:
+            return detect_format(self.key, self.content_type, f.read(4))
 
 
 def dataset_version(data: bytes) -> str:
@@ -114,15 +113,23 @@ def handle(event: CloudEvent) -> CloudEvent | None:
             "ignoring s3://%s/%s: a file to score (batch-score), not to ingest", created.bucket, created.key
         )
         return None
-    source = _read(created)
+    with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+        try:
+            return _ingest(event, created, contract, Path(tmp))
+        finally:
+            memory.release()  # back to the resting size after a big file
+
+
+def _ingest(event: CloudEvent, created: ObjectCreated, contract: Contract, tmp: Path) -> CloudEvent | None:
+    source = _read(created, tmp / "source")
     if source is None:
         return _answer_again_or_ignore(event, created, contract)
     started = time.perf_counter()
-    validation = validate_bytes(contract, source.data, key=source.key, content_type=source.content_type)
+    validation = _validate(contract, source, tmp)
     log.info(
         "%s (%d bytes, contract %s): %d rows, %d rejected, %s (validated in %.2fs)",
         source.uri,
-        len(source.data),
+        source.size,
         contract.ref,
         validation.rows_in,
         validation.rows_rejected,
@@ -134,21 +141,44 @@ def handle(event: CloudEvent) -> CloudEvent | None:
     return _accept(event, created, contract, source, validation)
 
 
-def _read(created: ObjectCreated) -> SourceObject | None:
+def _read(created: ObjectCreated, path: Path) -> SourceObject | None:
+    """Stream the object to ``path`` (hashing it on the way); None if it is gone."""
     try:
         response = s3().get_object(created.bucket, created.key)
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchObject"):
             return None
         raise
+    digest, size = hashlib.sha256(), 0
     try:
-        data = response.read()
+        with open(path, "wb") as out:
+            for block in response.stream(1 << 20):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
         etag = (response.headers.get("ETag") or "").strip('"')
         content_type = created.content_type or response.headers.get("Content-Type")
     finally:
         response.close()
         response.release_conn()
-    return SourceObject(created.bucket, created.key, data, etag, content_type)
+    return SourceObject(created.bucket, created.key, path, size, digest.hexdigest(), etag, content_type)
+
+
+def _validate(contract: Contract, source: SourceObject, tmp: Path) -> ChunkedValidation:
+    """Validate in chunks sized by the memory budget; valid/rejected rows land in ``tmp``."""
+    fmt = source.format
+    if fmt is None or fmt not in contract.formats:
+        found = fmt or f"unknown (extension/content type {source.content_type!r})"
+        message = f"format {found} is not one of the contract's formats {list(contract.formats)}"
+        return ChunkedValidation(contract, 0, [Violation("format", None, message)])
+    return validate_file(
+        contract,
+        source.path,
+        fmt,
+        chunk_rows=chunk_rows(settings.memory_budget_bytes()),
+        offline_path=tmp / "offline.parquet",
+        rejected_path=tmp / f"rejected.{fmt}",
+    )
 
 
 def _exists(bucket: str, key: str) -> bool:
@@ -169,12 +199,28 @@ def _put(bucket: str, key: str, data: bytes, content_type: str) -> None:
     s3().put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
 
+def _put_file(bucket: str, key: str, path: Path, content_type: str) -> None:
+    s3().fput_object(bucket, key, str(path), content_type=content_type)
+
+
+def _object_sha256(bucket: str, key: str) -> str:
+    response = s3().get_object(bucket, key)
+    digest = hashlib.sha256()
+    try:
+        for block in response.stream(1 << 20):
+            digest.update(block)
+    finally:
+        response.close()
+        response.release_conn()
+    return digest.hexdigest()
+
+
 def _report(
     event: CloudEvent,
     created: ObjectCreated,
     contract: Contract,
     source: SourceObject,
-    validation: Validation,
+    validation: ChunkedValidation,
     *,
     decision: str,
     quarantine_uri: str,
@@ -210,11 +256,11 @@ def _reject(
     created: ObjectCreated,
     contract: Contract,
     source: SourceObject,
-    validation: Validation,
+    validation: ChunkedValidation,
 ) -> CloudEvent:
     file_key, report_key = layout.quarantined(source.key)
     quarantine_uri = f"s3://{layout.QUARANTINE}/{file_key}"
-    _put(layout.QUARANTINE, file_key, source.data, source.content_type or "application/octet-stream")
+    _put_file(layout.QUARANTINE, file_key, source.path, source.content_type or "application/octet-stream")
     report = _report(
         event,
         created,
@@ -292,34 +338,35 @@ def _accept(
     created: ObjectCreated,
     contract: Contract,
     source: SourceObject,
-    validation: Validation,
+    validation: ChunkedValidation,
 ) -> CloudEvent:
-    version = dataset_version(source.data)
+    version = source.sha256[:VERSION_HEX_DIGITS]
     origin = (
         "production" if source.key.startswith(layout.production_prefix(contract.landing_prefix)) else "file"
     )
     offline_key = layout.offline_data(contract.name, version)
-    frame = offline_frame(contract, validation.valid_table())
     if _exists(layout.FEATURES, offline_key):
-        written = _get_bytes(layout.FEATURES, offline_key)
+        checksum = _object_sha256(layout.FEATURES, offline_key)
         log.info("%s: version %s is already in the offline store; not rewritten", source.uri, version)
     else:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False, engine="pyarrow")
-        written = buffer.getvalue()
-        _put(layout.FEATURES, offline_key, written, "application/vnd.apache.parquet")
-        log.info("%s → s3://%s/%s (%d rows)", source.uri, layout.FEATURES, offline_key, len(frame))
+        written = source.path.parent / "offline.parquet"
+        checksum = sha256_of(written)
+        _put_file(layout.FEATURES, offline_key, written, "application/vnd.apache.parquet")
+        log.info(
+            "%s → s3://%s/%s (%d rows)", source.uri, layout.FEATURES, offline_key, validation.rows_written
+        )
+    assert validation.event_time_min is not None and validation.event_time_max is not None
     if validation.rows_rejected:
         _quarantine_rejected_rows(event, created, contract, source, validation, version)
-    time_min = rfc3339(frame[EVENT_TIMESTAMP].min().to_pydatetime())
-    time_max = rfc3339(frame[EVENT_TIMESTAMP].max().to_pydatetime())
+    time_min = rfc3339(validation.event_time_min.to_pydatetime())
+    time_max = rfc3339(validation.event_time_max.to_pydatetime())
     if origin == "production":
         index = {
             "dataset": contract.name,
             "version": version,
             "contract": contract.ref,
             "source_uri": source.uri,
-            "rows": len(frame),
+            "rows": validation.rows_written,
             "event_time_min": time_min,
             "event_time_max": time_max,
         }
@@ -335,9 +382,9 @@ def _accept(
         contract=contract.ref,
         source_uri=source.uri,
         offline_uri=f"s3://{layout.FEATURES}/{offline_key}",
-        checksum=hashlib.sha256(written).hexdigest(),
+        checksum=checksum,
         rows_in=validation.rows_in,
-        rows_written=len(frame),
+        rows_written=validation.rows_written,
         rows_rejected=validation.rows_rejected,
         event_time_min=time_min,
         event_time_max=time_max,
@@ -355,19 +402,13 @@ def _quarantine_rejected_rows(
     created: ObjectCreated,
     contract: Contract,
     source: SourceObject,
-    validation: Validation,
+    validation: ChunkedValidation,
     version: str,
 ) -> None:
     file_key, report_key = layout.quarantined(source.key)
-    rows = validation.rejected_source_rows()
-    buffer = io.BytesIO()
-    if detect_format(source.key, source.content_type, source.data[:4]) == "parquet":
-        rows.to_parquet(buffer, index=False, engine="pyarrow")
-        content_type = "application/vnd.apache.parquet"
-    else:
-        rows.to_csv(buffer, index=False)
-        content_type = "text/csv"
-    _put(layout.QUARANTINE, file_key, buffer.getvalue(), content_type)
+    fmt = source.format
+    content_type = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv"
+    _put_file(layout.QUARANTINE, file_key, source.path.parent / f"rejected.{fmt}", content_type)
     quarantine_uri = f"s3://{layout.QUARANTINE}/{file_key}"
     report = _report(
         event,

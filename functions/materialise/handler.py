@@ -4,7 +4,7 @@ For the dataset version of the event:
 
 1. ``feast_repo.apply``: the shared registry's FileSource is pointed at the version; a no-op
    when the definitions are unchanged (redeliveries, restarts, the same file sent again);
-2. ``feast_repo.materialise`` over the version's event-time range ``[event_time_min,
+2. ``online_writer.materialise`` (the newest row per entity, in bounded batches) over the version's event-time range ``[event_time_min,
    event_time_max]`` (an explicit range, not Feast's ``materialize_incremental``: a corrected
    file re-sends old event times, which "since the last run" would skip);
 3. ``layout.dataset_latest(dataset)`` in the features bucket := the reply's data (JSON);
@@ -29,7 +29,8 @@ from datetime import datetime
 from minio.error import S3Error
 
 from events import DatasetIngested, FeaturesMaterialised, rfc3339
-from shared import feast_repo, layout, settings
+from functions.materialise import online_writer
+from shared import feast_repo, layout, memory, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import ContractError, all_contracts, get_contract
 from shared.errors import EventRejected
@@ -82,7 +83,10 @@ def handle(event: CloudEvent) -> CloudEvent | None:
     started = time.perf_counter()
     applied = feast_repo.apply(contract, ingested.version)
     applied_s = time.perf_counter() - started
-    rows = feast_repo.materialise(contract, ingested.version, start, end)
+    try:
+        rows = online_writer.materialise(contract, ingested.version, start, end)
+    finally:
+        memory.release()  # back to the resting size after a big version
     log.info(
         "%s@%s: %d rows materialised into %s (%s, apply %s in %.1fs, total %.1fs)",
         contract.name,
