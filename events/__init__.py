@@ -34,6 +34,7 @@ from events.ops_events import (
     SamplePong,
 )
 from events.rollout_events import RolloutDecided, RolloutStarted
+from events.stream_events import ReadingReason, SensorReading, SensorReadingRejected
 from events.tuning_events import Params, StudyCompleted, TrialFinished, TrialRequested
 from events.validation import event_data, validate_data, validate_event
 
@@ -60,6 +61,7 @@ __all__ = [
     "Params",
     "PredictionLogged",
     "PredictionOutput",
+    "ReadingReason",
     "RejectReason",
     "RetrainRequested",
     "RolloutDecided",
@@ -67,6 +69,8 @@ __all__ = [
     "RolloutStarted",
     "SamplePing",
     "SamplePong",
+    "SensorReading",
+    "SensorReadingRejected",
     "StudyCompleted",
     "TrialFinished",
     "TrialRequested",
