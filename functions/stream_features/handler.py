@@ -1,0 +1,169 @@
+"""stream-features: ``sensor.reading`` → contract check → rolling window → Feast push.
+
+For each ``dev.faaspipe.sensor.reading.v1`` (data ``{"dataset", "reading"}``, the event's
+``time`` = when the reading was taken):
+
+1. the dataset's contract must declare ``streaming:``; the reading is checked against it
+   (``shared/contracts/streaming.py``: every field, one reason each). A bad reading is
+   answered with ``dev.faaspipe.sensor.reading.rejected.v1`` naming each field, rule and
+   message, and nothing of it is written anywhere;
+2. the reading (canonical + derived values) enters the entity's window in the state database
+   (``shared/stream_windows.py``: shared by every replica, locked per entity; a redelivered
+   reading, same ``source/id``, changes nothing);
+3. under that lock the newest reading of the window plus the declared aggregates over it are
+   pushed to the online store (``shared/feast_stream.py``), at the newest reading's event time,
+   and buffered for the offline store;
+4. the buffer goes to S3 as a Parquet part (the push source's batch source) once it holds
+   ``FAASPIPE_STREAM_OFFLINE_ROWS`` rows or its oldest row waited ``FAASPIPE_STREAM_OFFLINE_SECONDS``
+   (checked on each reading, and at start-up).
+
+Accepted readings get no reply (``202``): a reply per reading would double the broker's load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from events import SensorReading, SensorReadingRejected
+from shared import feast_stream
+from shared.cloudevents_io import CloudEvent
+from shared.contracts import Contract, all_contracts
+from shared.contracts.streaming import Reason, aggregate_window, check_reading
+from shared.sqldb import DATABASE_URL_ENV
+from shared.stream_windows import Reading, WindowStore, open_store
+
+log = logging.getLogger("faaspipe.stream_features")
+
+SOURCE = "/faaspipe/functions/stream-features"
+READINGS = Counter("faaspipe_stream_readings_total", "Streamed readings", ["dataset", "outcome"])
+
+
+class StreamFeatures:
+    """The function's state: the shared window store and the offline flush thresholds."""
+
+    def __init__(self, store: WindowStore, offline_rows: int, offline_seconds: float) -> None:
+        self.store = store
+        self.offline_rows = offline_rows
+        self.offline_seconds = offline_seconds
+
+    def handle(self, event: CloudEvent) -> CloudEvent | None:
+        data = SensorReading.from_event(event)
+        contract = all_contracts().get(data.dataset)
+        if contract is None or contract.streaming is None:
+            streaming = sorted(n for n, c in all_contracts().items() if c.streaming is not None)
+            return self._reject(
+                event,
+                data.dataset,
+                None,
+                [Reason(None, "dataset", f"no streamed dataset {data.dataset!r}; have {streaming}")],
+            )
+        row, reasons = check_reading(contract, data.reading)
+        taken_at = _event_time(event)
+        if taken_at is None:
+            reasons.append(
+                Reason(None, "time", "the event has no valid 'time' attribute: when the reading was taken")
+            )
+        if reasons or row is None:
+            entity = row.get(contract.entity_key) if row else None
+            return self._reject(event, contract.name, entity, reasons)
+        assert taken_at is not None
+        entity = int(row[contract.entity_key])
+        reading = Reading(f"{event.get_source()}/{event.get_id()}", taken_at, row)
+        _, new = self.store.update(
+            contract.name,
+            entity,
+            reading,
+            contract.streaming.window,
+            lambda window: publish(contract, entity, window),
+        )
+        READINGS.labels(contract.name, "accepted" if new else "duplicate").inc()
+        self.flush(contract)
+        return None
+
+    def flush(self, contract: Contract, force: bool = False) -> int:
+        """Write the offline buffer as one Parquet part if it is due (or ``force``)."""
+
+        def write(first: int, last: int, rows: list[dict[str, Any]]) -> None:
+            uri = feast_stream.write_offline_part(contract, first, last, rows)
+            log.info("%s: %d streamed rows -> %s", contract.name, len(rows), uri)
+
+        return self.store.take_offline(
+            contract.name, 1 if force else self.offline_rows, 0 if force else self.offline_seconds, write
+        )
+
+    def _reject(self, event: CloudEvent, dataset: str, entity: Any, reasons: list[Reason]) -> CloudEvent:
+        READINGS.labels(dataset, "rejected").inc()
+        rejected = SensorReadingRejected(
+            dataset=dataset,
+            reading_id=event.get_id(),
+            reading_source=event.get_source(),
+            entity=entity if isinstance(entity, int) else None,
+            reasons=[r.to_dict() for r in reasons],  # type: ignore[misc]
+        )
+        return rejected.to_event(source=SOURCE, subject=f"{dataset}/{event.get_id()}")
+
+
+def publish(contract: Contract, entity: int, window: list[Reading]) -> dict[str, Any]:
+    """Push the entity's newest reading + the aggregates over ``window``; the row, for offline."""
+    assert contract.streaming is not None
+    latest = window[-1]
+    row = {
+        **latest.values,
+        **aggregate_window(contract.streaming, [r.values for r in window]),
+        contract.entity_key: entity,
+        feast_stream.WINDOW_READINGS: len(window),
+        feast_stream.READING_ID: latest.reading_id,
+        "event_timestamp": latest.event_time,
+    }
+    feast_stream.push(contract, [row])
+    return row
+
+
+def _event_time(event: CloudEvent) -> float | None:
+    value = event.get_time() if hasattr(event, "get_time") else None
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return feast_stream.epoch_seconds(value)
+    try:
+        return feast_stream.epoch_seconds(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+_function: StreamFeatures | None = None
+
+
+def new() -> StreamFeatures:
+    """The function over the state database (``FAASPIPE_DATABASE_URL``, else SQLite in the state dir)."""
+    state_dir = Path(os.environ.get("FAASPIPE_STATE_DIR", ".faaspipe"))
+    store = open_store(os.environ.get(DATABASE_URL_ENV) or state_dir / "stream" / "windows.db")
+    return StreamFeatures(
+        store,
+        int(os.environ.get("FAASPIPE_STREAM_OFFLINE_ROWS", "500")),
+        float(os.environ.get("FAASPIPE_STREAM_OFFLINE_SECONDS", "10")),
+    )
+
+
+def init() -> None:
+    """Register every streamed contract's push source and view, open the store, flush leftovers."""
+    global _function
+    logging.getLogger("feast").setLevel(logging.WARNING)
+    _function = new()
+    for contract in all_contracts().values():
+        if contract.streaming is not None:
+            feast_stream.apply_stream(contract)
+            feast_stream.online_rows(contract, [-1])  # warm the online store's client
+            _function.flush(contract, force=True)
+
+
+def handle(event: CloudEvent) -> CloudEvent | None:
+    if _function is None:
+        raise RuntimeError("stream-features is not initialised")
+    return _function.handle(event)
