@@ -68,6 +68,7 @@ bench: envs
 	$(PY) -m bench.batch_scoring
 	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
+	$(PY) -m bench.stream_freshness
 
 lock: $(UV)
 	$(UV) lock
