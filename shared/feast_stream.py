@@ -41,6 +41,7 @@ __all__ = [
     "apply_stream",
     "push",
     "stream_features",
+    "training_frame",
     "write_offline_part",
 ]
 
@@ -177,6 +178,20 @@ def write_offline_part(contract: Contract, first: int, last: int, rows: Sequence
         layout.FEATURES, key, io.BytesIO(data), len(data), content_type="application/vnd.apache.parquet"
     )
     return f"s3://{layout.FEATURES}/{key}"
+
+
+def training_frame(contract: Contract, entity_df: Any) -> Any:
+    """Point-in-time join of the stream view's offline parts onto ``entity_df`` (entity key,
+    ``event_timestamp``, anything else kept): each row gets the aggregates, window size and
+    reading id of the newest streamed reading at or before its time (null before any)."""
+    assert contract.streaming is not None
+    names = (*contract.streaming.feature_names, WINDOW_READINGS, READING_ID)
+    features = [f"{contract.stream_feature_view}:{n}" for n in names]
+    return (
+        feast_repo.feature_store(contract)
+        .get_historical_features(entity_df=entity_df, features=features)
+        .to_df()
+    )
 
 
 def online_rows(contract: Contract, entity_ids: Sequence[int]) -> list[dict[str, Any] | None] | None:

@@ -12,6 +12,7 @@ import io
 import json
 import random
 import statistics
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from tests.conftest import REPO, TEST_PORT_BASE, Stack, running_stack, wait_unti
 from tests.fixtures_model import promote, publish_models, wait_served
 
 CONTRACT = get_contract("ai4i")
+TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
 HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=60))
 SOURCE = "/tests/stream"
 RECORDER_YAML = """
@@ -241,3 +243,63 @@ def test_streamed_rows_reach_the_offline_store(stream_stack: Stack) -> None:
     row = wait_until(part_with_reading, timeout=90, interval=1.0, what="the reading in an offline part")
     assert row["udi"] == entity and row["torque_nm"] == 55.5 and row["window_readings"] == 1
     assert abs(row["event_timestamp"].replace(tzinfo=UTC) - first.get_time()) < timedelta(milliseconds=1)
+
+    # the offline parts are the push source's batch source: a point-in-time join sees the
+    # reading from its event time on, and nothing before it
+    taken = first.get_time()
+    script = (
+        "import json, sys\n"
+        "import pandas as pd\n"
+        "from shared import feast_stream\n"
+        "from shared.contracts import get_contract\n"
+        "entity, taken = int(sys.argv[1]), pd.Timestamp(sys.argv[2])\n"
+        "frame = pd.DataFrame({'udi': [entity, entity], 'event_timestamp': [taken + pd.Timedelta('1s'),"
+        " taken - pd.Timedelta('1s')]})\n"
+        "out = feast_stream.training_frame(get_contract('ai4i'), frame).sort_values('event_timestamp')\n"
+        "print(out.to_json(orient='records', date_format='iso'))\n"
+    )
+    result = subprocess.run(
+        [str(TRAIN_PYTHON), "-c", script, str(entity), taken.isoformat()],
+        cwd=REPO,
+        env={**stream_stack.env, **stream_stack.config.function_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert before["reading_id"] is None and before["torque_nm_mean_10"] is None
+    assert after["reading_id"] == wanted and after["torque_nm_mean_10"] == 55.5
+
+
+def test_readings_written_to_the_kafka_topic_are_streamed_too(stream_stack: Stack) -> None:
+    """A sensor gateway producing to ``faaspipe.readings`` (Kafka binary binding), read by the
+    function's Kafka source: a good reading is online, a bad one rejected with its reason."""
+    import kafka
+
+    from shared.cloudevents_io import to_kafka
+
+    entity = fresh_entity()
+    good = reading_event(entity, datetime.now(UTC), torque_nm=61.0)
+    bad = reading_event(entity, datetime.now(UTC), torque_nm=-3.0)
+    producer = kafka.KafkaProducer(bootstrap_servers=stream_stack.config.kafka_bootstrap, acks="all")
+    try:
+        for event in (bad, good):
+            key, headers, value = to_kafka(event)
+            producer.send("faaspipe.readings", key=key, value=value, headers=headers)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    wanted = f"{SOURCE}/{good.get_id()}"
+    (row,) = wait_until(
+        lambda: [r for r in online(stream_stack, [entity]) if r and r["reading_id"] == wanted],
+        timeout=60,
+        what="the Kafka reading online",
+    )
+    assert row["torque_nm"] == 61.0 and row["window_readings"] == 1  # the bad one never counted
+    (rejected,) = wait_until(
+        lambda: [r for r in recorded_rejections(stream_stack) if r["data"]["reading_id"] == bad.get_id()],
+        timeout=60,
+        what="the Kafka reading's rejection",
+    )
+    assert [(x["field"], x["rule"]) for x in rejected["data"]["reasons"]] == [("torque_nm", "min")]

@@ -4,9 +4,10 @@ For each ``dev.faaspipe.sensor.reading.v1`` (data ``{"dataset", "reading"}``, th
 ``time`` = when the reading was taken):
 
 1. the dataset's contract must declare ``streaming:``; the reading is checked against it
-   (``shared/contracts/streaming.py``: every field, one reason each). A bad reading is
-   answered with ``dev.faaspipe.sensor.reading.rejected.v1`` naming each field, rule and
-   message, and nothing of it is written anywhere;
+   (``shared/contracts/streaming.py``: every field, one reason each). For a bad reading
+   ``dev.faaspipe.sensor.reading.rejected.v1`` naming each field, rule and message is posted to
+   the broker (``shared.emit``: readings also come from the Kafka source on
+   ``faaspipe.readings``, whose replies are dropped), and nothing of it is written anywhere;
 2. the reading (canonical + derived values) enters the entity's window in the state database
    (``shared/stream_windows.py``: shared by every replica, locked per entity; a redelivered
    reading, same ``source/id``, changes nothing);
@@ -17,13 +18,14 @@ For each ``dev.faaspipe.sensor.reading.v1`` (data ``{"dataset", "reading"}``, th
    ``FAASPIPE_STREAM_OFFLINE_ROWS`` rows or its oldest row waited ``FAASPIPE_STREAM_OFFLINE_SECONDS``
    (checked on each reading, and at start-up).
 
-Accepted readings get no reply (``202``): a reply per reading would double the broker's load.
+No reply either way (``202``): a reply per accepted reading would double the broker's load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,14 @@ from shared import feast_stream
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
 from shared.contracts.streaming import Reason, aggregate_window, check_reading
+from shared.emit import emit
 from shared.sqldb import DATABASE_URL_ENV
 from shared.stream_windows import Reading, WindowStore, open_store
 
 log = logging.getLogger("faaspipe.stream_features")
 
 SOURCE = "/faaspipe/functions/stream-features"
+_REJECTION_NAMESPACE = uuid.UUID("5f0b7c1e-2a43-4f59-9a57-1c0d3e8b6a42")
 READINGS = Counter("faaspipe_stream_readings_total", "Streamed readings", ["dataset", "outcome"])
 
 
@@ -57,12 +61,13 @@ class StreamFeatures:
         contract = all_contracts().get(data.dataset)
         if contract is None or contract.streaming is None:
             streaming = sorted(n for n, c in all_contracts().items() if c.streaming is not None)
-            return self._reject(
+            self._reject(
                 event,
                 data.dataset,
                 None,
                 [Reason(None, "dataset", f"no streamed dataset {data.dataset!r}; have {streaming}")],
             )
+            return None
         row, reasons = check_reading(contract, data.reading)
         taken_at = _event_time(event)
         if taken_at is None:
@@ -71,7 +76,8 @@ class StreamFeatures:
             )
         if reasons or row is None:
             entity = row.get(contract.entity_key) if row else None
-            return self._reject(event, contract.name, entity, reasons)
+            self._reject(event, contract.name, entity, reasons)
+            return None
         assert taken_at is not None
         entity = int(row[contract.entity_key])
         reading = Reading(f"{event.get_source()}/{event.get_id()}", taken_at, row)
@@ -97,7 +103,7 @@ class StreamFeatures:
             contract.name, 1 if force else self.offline_rows, 0 if force else self.offline_seconds, write
         )
 
-    def _reject(self, event: CloudEvent, dataset: str, entity: Any, reasons: list[Reason]) -> CloudEvent:
+    def _reject(self, event: CloudEvent, dataset: str, entity: Any, reasons: list[Reason]) -> None:
         READINGS.labels(dataset, "rejected").inc()
         rejected = SensorReadingRejected(
             dataset=dataset,
@@ -106,7 +112,12 @@ class StreamFeatures:
             entity=entity if isinstance(entity, int) else None,
             reasons=[r.to_dict() for r in reasons],  # type: ignore[misc]
         )
-        return rejected.to_event(source=SOURCE, subject=f"{dataset}/{event.get_id()}")
+        emit(rejected.to_event(source=SOURCE, subject=f"{dataset}/{event.get_id()}", id=_rejection_id(event)))
+
+
+def _rejection_id(event: CloudEvent) -> str:
+    """The same id for every delivery of one reading (a re-posted rejection is recognisable)."""
+    return str(uuid.uuid5(_REJECTION_NAMESPACE, f"{event.get_source()}\n{event.get_id()}"))
 
 
 def publish(contract: Contract, entity: int, window: list[Reading]) -> dict[str, Any]:
