@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,43 +76,75 @@ class WindowStore:
 
         Returns (window, new): ``new`` is False for a reading id the window already had or a
         reading older than the whole window (nothing is published then)."""
+        seen: list[list[Reading]] = []
+
+        def publish_all(windows: list[tuple[int, list[Reading]]]) -> list[Mapping[str, Any]]:
+            row = publish(windows[0][1])
+            return [] if row is None else [row]
+
+        (new,) = self.update_many(dataset, [(entity, reading)], window, publish_all, seen)
+        return seen[0], new
+
+    def update_many(
+        self,
+        dataset: str,
+        items: Sequence[tuple[int, Reading]],
+        window: int,
+        publish: Callable[[list[tuple[int, list[Reading]]]], Sequence[Mapping[str, Any]]],
+        windows_out: list[list[Reading]] | None = None,
+    ) -> list[bool]:
+        """:meth:`update` for several (entity, reading) in one transaction, in order: the
+        entities' rows are locked (sorted, so replicas never deadlock), each reading enters its
+        entity's window, then ``publish`` gets the (entity, window) of every new reading in
+        order, once, still under the locks; the rows it returns are buffered for the offline
+        store. Returns, per item, whether the reading was new."""
+        news: list[bool] = []
+        published: list[tuple[int, list[Reading]]] = []
         with self.db.transaction() as db:
-            db.execute(
-                "INSERT INTO stream_entities (dataset, entity) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (dataset, entity),
-            )
-            if db.postgres:
+            for entity in sorted({e for e, _ in items}):
                 db.execute(
-                    "SELECT entity FROM stream_entities WHERE dataset = ? AND entity = ? FOR UPDATE",
+                    "INSERT INTO stream_entities (dataset, entity) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     (dataset, entity),
                 )
-            _, inserted = db.execute(
-                "INSERT INTO stream_readings (dataset, entity, reading_id, event_time, vals)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (dataset, entity, reading.reading_id, reading.event_time, json.dumps(reading.values)),
-            )
-            rows, _ = db.execute(
-                "SELECT reading_id, event_time, vals FROM stream_readings WHERE dataset = ? AND entity = ?"
-                " ORDER BY event_time DESC, reading_id DESC LIMIT ?",
-                (dataset, entity, window),
-            )
-            latest = [Reading(r[0], float(r[1]), json.loads(r[2])) for r in reversed(rows)]
-            if len(rows) == window:
-                oldest = latest[0]
-                db.execute(
-                    "DELETE FROM stream_readings WHERE dataset = ? AND entity = ?"
-                    " AND (event_time < ? OR (event_time = ? AND reading_id < ?))",
-                    (dataset, entity, oldest.event_time, oldest.event_time, oldest.reading_id),
-                )
-            new = inserted == 1 and any(r.reading_id == reading.reading_id for r in latest)
-            if new:
-                offline = publish(latest)
-                if offline is not None:
+                if db.postgres:
                     db.execute(
-                        "INSERT INTO stream_offline (dataset, added, row_json) VALUES (?, ?, ?)",
-                        (dataset, time.time(), json.dumps(dict(offline))),
+                        "SELECT entity FROM stream_entities WHERE dataset = ? AND entity = ? FOR UPDATE",
+                        (dataset, entity),
                     )
-        return latest, new
+            for entity, reading in items:
+                _, inserted = db.execute(
+                    "INSERT INTO stream_readings (dataset, entity, reading_id, event_time, vals)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (dataset, entity, reading.reading_id, reading.event_time, json.dumps(reading.values)),
+                )
+                rows, _ = db.execute(
+                    "SELECT reading_id, event_time, vals FROM stream_readings WHERE dataset = ? AND entity = ?"
+                    " ORDER BY event_time DESC, reading_id DESC LIMIT ?",
+                    (dataset, entity, window),
+                )
+                latest = [Reading(r[0], float(r[1]), json.loads(r[2])) for r in reversed(rows)]
+                if len(rows) == window:
+                    oldest = latest[0]
+                    db.execute(
+                        "DELETE FROM stream_readings WHERE dataset = ? AND entity = ?"
+                        " AND (event_time < ? OR (event_time = ? AND reading_id < ?))",
+                        (dataset, entity, oldest.event_time, oldest.event_time, oldest.reading_id),
+                    )
+                new = inserted == 1 and any(r.reading_id == reading.reading_id for r in latest)
+                news.append(new)
+                if windows_out is not None:
+                    windows_out.append(latest)
+                if new:
+                    published.append((entity, latest))
+            if published:
+                offline = publish(published)
+                if offline:
+                    now = time.time()
+                    db.executemany(
+                        "INSERT INTO stream_offline (dataset, added, row_json) VALUES (?, ?, ?)",
+                        [(dataset, now, json.dumps(dict(row))) for row in offline],
+                    )
+        return news
 
     def window(self, dataset: str, entity: int) -> list[Reading]:
         rows, _ = self.db.execute(

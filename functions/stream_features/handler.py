@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from events import SensorReading, SensorReadingRejected
+from functions.stream_features.batcher import Batcher
 from shared import feast_stream
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
@@ -55,6 +57,7 @@ class StreamFeatures:
         self.store = store
         self.offline_rows = offline_rows
         self.offline_seconds = offline_seconds
+        self.batcher: Batcher[tuple[Contract, int, Reading]] = Batcher(self._process)
 
     def handle(self, event: CloudEvent) -> CloudEvent | None:
         data = SensorReading.from_event(event)
@@ -81,16 +84,29 @@ class StreamFeatures:
         assert taken_at is not None
         entity = int(row[contract.entity_key])
         reading = Reading(f"{event.get_source()}/{event.get_id()}", taken_at, row)
-        _, new = self.store.update(
-            contract.name,
-            entity,
-            reading,
-            contract.streaming.window,
-            lambda window: publish(contract, entity, window),
-        )
+        new = self.batcher.submit((contract, entity, reading))
         READINGS.labels(contract.name, "accepted" if new else "duplicate").inc()
-        self.flush(contract)
         return None
+
+    def _process(self, items: Sequence[tuple[Contract, int, Reading]]) -> list[bool]:
+        """One batch of in-flight readings: per dataset one transaction and one push."""
+        news: dict[int, bool] = {}
+        for name in dict.fromkeys(contract.name for contract, _, _ in items):
+            positions = [i for i, (contract, _, _) in enumerate(items) if contract.name == name]
+            contract = items[positions[0]][0]
+            assert contract.streaming is not None
+            flags = self.store.update_many(
+                name,
+                [(items[i][1], items[i][2]) for i in positions],
+                contract.streaming.window,
+                lambda windows, contract=contract: publish(contract, windows),  # type: ignore[misc]
+            )
+            news.update(zip(positions, flags, strict=True))
+            try:
+                self.flush(contract)
+            except Exception:  # noqa: BLE001 - the rows stay buffered; the next reading tries again
+                log.exception("%s: writing the offline part failed; rows kept in the buffer", name)
+        return [news[i] for i in range(len(items))]
 
     def flush(self, contract: Contract, force: bool = False) -> int:
         """Write the offline buffer as one Parquet part if it is due (or ``force``)."""
@@ -120,11 +136,11 @@ def _rejection_id(event: CloudEvent) -> str:
     return str(uuid.uuid5(_REJECTION_NAMESPACE, f"{event.get_source()}\n{event.get_id()}"))
 
 
-def publish(contract: Contract, entity: int, window: list[Reading]) -> dict[str, Any]:
-    """Push the entity's newest reading + the aggregates over ``window``; the row, for offline."""
+def feature_row(contract: Contract, entity: int, window: list[Reading]) -> dict[str, Any]:
+    """The entity's newest reading + the aggregates over ``window`` (oldest first), at its time."""
     assert contract.streaming is not None
     latest = window[-1]
-    row = {
+    return {
         **latest.values,
         **aggregate_window(contract.streaming, [r.values for r in window]),
         contract.entity_key: entity,
@@ -132,8 +148,14 @@ def publish(contract: Contract, entity: int, window: list[Reading]) -> dict[str,
         feast_stream.READING_ID: latest.reading_id,
         "event_timestamp": latest.event_time,
     }
-    feast_stream.push(contract, [row])
-    return row
+
+
+def publish(contract: Contract, windows: list[tuple[int, list[Reading]]]) -> list[dict[str, Any]]:
+    """Push each entity's last window of the batch online (one push); every row, for offline."""
+    rows = [feature_row(contract, entity, window) for entity, window in windows]
+    latest = {row[contract.entity_key]: row for row in rows}  # later windows hold the earlier ones
+    feast_stream.push(contract, list(latest.values()))
+    return rows
 
 
 def _event_time(event: CloudEvent) -> float | None:
