@@ -2,8 +2,8 @@
 
 ``python bench/stream_poller.py DATASET MACHINES OUT.jsonl STOP_FILE [INTERVAL_S]``: until
 ``STOP_FILE`` exists, reads the stream view of machines 1..MACHINES with Feast's
-``get_online_features`` (``shared.feast_repo.online_features``, what the feature server
-serves) every INTERVAL_S (default 0.02) and appends ``{"reading_id", "seen_at"}`` for each
+``get_online_features`` (``shared.feast_stream.online_rows``: the stream half of what the
+feature server serves) every INTERVAL_S (default 0.02) and appends ``{"reading_id", "seen_at"}`` for each
 reading id it has not seen before (``seen_at``: wall-clock seconds at the end of the read
 that returned it). Stack settings come from the environment (the function env of the stack).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from shared import feast_repo
+    from shared import feast_stream
     from shared.contracts import get_contract
 
     dataset, machines, out, stop = argv[0], int(argv[1]), Path(argv[2]), Path(argv[3])
@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
         while not stop.exists():
             started = time.time()
             try:
-                rows = feast_repo.online_features(contract, entities)
+                rows = feast_stream.online_rows(contract, entities)
+                if rows is None:
+                    raise LookupError("the stream view is not applied yet")
             except Exception as exc:  # noqa: BLE001 - nothing pushed yet: keep polling
                 print(f"poll: {type(exc).__name__}: {exc}", file=sys.stderr)
                 time.sleep(0.5)
