@@ -183,7 +183,8 @@ def write_offline_part(contract: Contract, first: int, last: int, rows: Sequence
 def training_frame(contract: Contract, entity_df: Any) -> Any:
     """Point-in-time join of the stream view's offline parts onto ``entity_df`` (entity key,
     ``event_timestamp``, anything else kept): each row gets the aggregates, window size and
-    reading id of the newest streamed reading at or before its time (null before any)."""
+    reading id of the newest streamed reading at or before its time. Feast's file offline
+    store drops the rows with no reading at or before their time (measured, Feast 0.67)."""
     assert contract.streaming is not None
     names = (*contract.streaming.feature_names, WINDOW_READINGS, READING_ID)
     features = [f"{contract.stream_feature_view}:{n}" for n in names]
