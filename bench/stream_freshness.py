@@ -8,8 +8,8 @@ the Feast online store (``get_online_features``, what the feature server serves)
 and notes when each reading id first appears. Freshness of a reading = first seen online −
 sent (the send time, ms, is in its id). A reading replaced by the next reading of its machine
 before a poll saw it is not counted (``observed`` says how many were). After k6 stops the
-poller runs until the last readings are online or nothing new came for 10 s: ``drain_s`` is
-the time from k6's end to the last reading seen.
+poller runs until the last reading is online, or none of the run's came for 15 s (at most
+600 s): ``drain_s`` is the time from k6's end to the last reading seen.
 
     python -m bench.stream_freshness [--rates 200,1000] [--seconds 20] [--machines 200]
                                      [--port-base 22000] [--out bench/results/stream_freshness.json]
@@ -49,6 +49,7 @@ class Poller:
     def __init__(self, config: StackConfig, machines: int, workdir: Path) -> None:
         self.out, self.stop = workdir / "seen.jsonl", workdir / "stop"
         self.stop.unlink(missing_ok=True)
+        self.out.unlink(missing_ok=True)  # the poller creates it once it is ready to read
         env = {**os.environ, **config.function_env(), "PYTHONPATH": str(REPO_ROOT)}
         self.proc = subprocess.Popen(
             [str(TRAIN_PYTHON), str(REPO_ROOT / "bench" / "stream_poller.py"), "ai4i", str(machines)]
@@ -105,7 +106,8 @@ def offer(
     while True:
         mine = [s for s in poller.seen() if _sent(s["reading_id"], prefix)]
         top = max((_sent(s["reading_id"], prefix)[0] for s in mine), default=-1)  # type: ignore[index]
-        if top >= sent - 1 or time.monotonic() - last_new > 10 or time.time() - k6_end > 300:
+        quiet = bool(mine) and time.monotonic() - last_new > 15  # the run's readings stopped coming
+        if top >= sent - 1 or quiet or time.time() - k6_end > 600:
             break
         if len(mine) != last_count:
             last_new, last_count = time.monotonic(), len(mine)

@@ -58,8 +58,11 @@ class WindowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.db.script(_SCHEMA)
+        # seq names the offline parts, so it must never be reused: SQLite's INTEGER PRIMARY KEY
+        # restarts after the table was emptied, AUTOINCREMENT does not (PostgreSQL's BIGSERIAL never does)
+        serial = db.serial if db.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
         self.db.execute(
-            f"CREATE TABLE IF NOT EXISTS stream_offline (seq {db.serial}, dataset TEXT NOT NULL,"
+            f"CREATE TABLE IF NOT EXISTS stream_offline (seq {serial}, dataset TEXT NOT NULL,"
             " added REAL NOT NULL, row_json TEXT NOT NULL)"
         )
 

@@ -96,3 +96,14 @@ def test_offline_rows_are_taken_in_batches_once(url: str) -> None:
     with pytest.raises(OSError):
         store.take_offline("ai4i", 1, 0, broken)
     assert store.take_offline("ai4i", 1, 0, lambda a, b, rows: taken.append((a, b, len(rows)))) == 1
+
+
+def test_offline_parts_never_reuse_a_sequence_number(url: str) -> None:
+    """Parts are named by their rows' sequence numbers: an emptied buffer must not start again at 1."""
+    store = open_store(url)
+    taken: list[tuple[int, int]] = []
+    for n in range(3):
+        keep(store, 1, reading(n))
+        store.take_offline("ai4i", 1, 0, lambda a, b, rows: taken.append((a, b)))
+    assert taken == sorted(set(taken)) and len({a for a, _ in taken}) == 3
+    assert all(b < a2 for (_, b), (a2, _) in zip(taken, taken[1:], strict=False))
