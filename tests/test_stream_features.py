@@ -270,3 +270,36 @@ def test_streamed_rows_reach_the_offline_store(stream_stack: Stack) -> None:
     (joined,) = json.loads(result.stdout.strip().splitlines()[-1])  # Feast's file store drops the earlier row
     assert joined["reading_id"] == wanted and joined["torque_nm_mean_10"] == 55.5
     assert joined["event_timestamp"].startswith((taken + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def test_readings_written_to_the_kafka_topic_are_streamed_too(stream_stack: Stack) -> None:
+    """A sensor gateway producing to ``faaspipe.readings`` (Kafka binary binding), read by the
+    function's Kafka source: a good reading is online, a bad one rejected with its reason."""
+    import kafka
+
+    from shared.cloudevents_io import to_kafka
+
+    entity = fresh_entity()
+    good = reading_event(entity, datetime.now(UTC), torque_nm=61.0)
+    bad = reading_event(entity, datetime.now(UTC), torque_nm=-3.0)
+    producer = kafka.KafkaProducer(bootstrap_servers=stream_stack.config.kafka_bootstrap, acks="all")
+    try:
+        for event in (bad, good):
+            key, headers, value = to_kafka(event)
+            producer.send("faaspipe.readings", key=key, value=value, headers=headers)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    wanted = f"{SOURCE}/{good.get_id()}"
+    (row,) = wait_until(
+        lambda: [r for r in online(stream_stack, [entity]) if r and r["reading_id"] == wanted],
+        timeout=60,
+        what="the Kafka reading online",
+    )
+    assert row["torque_nm"] == 61.0 and row["window_readings"] == 1  # the bad one never counted
+    (rejected,) = wait_until(
+        lambda: [r for r in recorded_rejections(stream_stack) if r["data"]["reading_id"] == bad.get_id()],
+        timeout=60,
+        what="the Kafka reading's rejection",
+    )
+    assert [(x["field"], x["rule"]) for x in rejected["data"]["reasons"]] == [("torque_nm", "min")]
