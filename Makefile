@@ -70,6 +70,7 @@ bench: envs
 	$(PY) -m bench.autoscale
 	OMP_NUM_THREADS=1 .venvs/train/bin/python -m bench.pruning
 	$(PY) -m bench.scale
+	$(PY) -m bench.stream_freshness
 
 lock: $(UV)
 	$(UV) lock

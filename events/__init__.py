@@ -34,6 +34,7 @@ from events.ops_events import (
     SamplePong,
 )
 from events.rollout_events import RolloutDecided, RolloutStarted
+from events.stream_events import ReadingReason, SensorReading, SensorReadingRejected
 from events.tuning_events import (
     Params,
     Pruner,
@@ -68,6 +69,7 @@ __all__ = [
     "Pruner",
     "PredictionLogged",
     "PredictionOutput",
+    "ReadingReason",
     "RejectReason",
     "RetrainRequested",
     "RolloutDecided",
@@ -75,6 +77,8 @@ __all__ = [
     "RolloutStarted",
     "SamplePing",
     "SamplePong",
+    "SensorReading",
+    "SensorReadingRejected",
     "StudyCompleted",
     "TrialFinished",
     "TrialProgress",

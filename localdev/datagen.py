@@ -20,6 +20,13 @@ Every rule is evaluated on the *rounded* values written to the file, so it holds
 Stdlib + numpy only: it runs in the platform ``.venv``.
 
 CLI: ``python -m localdev.datagen --rows N --seed S [--torque-shift X --tool-wear-shift Y] OUT.csv``
+
+**Stream mode**: :func:`stream_readings` turns generated rows into the readings of ``machines``
+machines (the contract's entity key ``udi`` = the machine, 1..machines, in turn), in canonical
+column names, and :func:`reading_event` into ``dev.faaspipe.sensor.reading.v1`` CloudEvents
+(structured JSON, ``time`` = when taken). ``python -m localdev.datagen stream --count N
+--machines M [--rate R --post URL | OUT.jsonl]`` posts them to a broker ingress at R readings/s
+(binary mode), or writes one structured event per line.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ __all__ = [
     "main",
     "read_csv",
     "reference_dataset_path",
+    "reading_event",
+    "stream_readings",
     "summarise",
     "write_csv",
 ]
@@ -276,7 +285,105 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+STREAM_RENAME = {
+    "UDI": "udi",
+    "Product ID": "product_id",
+    "Type": "type",
+    "Air temperature [K]": "air_temperature_k",
+    "Process temperature [K]": "process_temperature_k",
+    "Rotational speed [rpm]": "rotational_speed_rpm",
+    "Torque [Nm]": "torque_nm",
+    "Tool wear [min]": "tool_wear_min",
+}
+
+
+def stream_readings(count: int, machines: int, seed: int = 0, **shifts: float) -> list[dict[str, Any]]:
+    """``count`` AI4I-like readings of ``machines`` machines in turn (``udi`` 1..machines), in the
+    contract's canonical names, without the label or failure modes (a live reading has none)."""
+    if machines < 1:
+        raise ValueError(f"machines must be >= 1, got {machines}")
+    readings = []
+    for i, row in enumerate(generate(count, seed, **shifts)):
+        reading = {STREAM_RENAME[k]: v for k, v in row.items() if k in STREAM_RENAME}
+        reading["udi"] = 1 + i % machines
+        reading["product_id"] = f"{row['Type']}{SERIAL_BASE[row['Type']] + reading['udi']}"
+        readings.append(reading)
+    return readings
+
+
+def reading_event(
+    reading: Mapping[str, Any],
+    *,
+    dataset: str = "ai4i",
+    source: str = "/faaspipe/datagen",
+    id: str,
+    time: str,
+) -> dict[str, Any]:
+    """A ``dev.faaspipe.sensor.reading.v1`` CloudEvent in the structured JSON format."""
+    return {
+        "specversion": "1.0",
+        "type": "dev.faaspipe.sensor.reading.v1",
+        "source": source,
+        "id": id,
+        "time": time,
+        "subject": str(reading["udi"]),
+        "datacontenttype": "application/json",
+        "data": {"dataset": dataset, "reading": dict(reading)},
+    }
+
+
+def stream_main(argv: list[str]) -> int:
+    import json
+    import time
+    import urllib.request
+    import uuid
+    from datetime import UTC, datetime
+
+    parser = argparse.ArgumentParser(
+        prog="python -m localdev.datagen stream", description="AI4I-like readings as CloudEvents."
+    )
+    parser.add_argument("out", type=Path, nargs="?", help="write JSON lines here (one structured event each)")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--post", metavar="URL", help="post each reading to this broker ingress (binary mode)"
+    )
+    parser.add_argument("--rate", type=float, default=10.0, help="readings/s when posting (default 10)")
+    args = parser.parse_args(argv)
+    if (args.out is None) == (args.post is None):
+        parser.error("give either OUT.jsonl or --post URL")
+    run = uuid.uuid4().hex[:8]
+    readings = stream_readings(args.count, args.machines, args.seed)
+    if args.out is not None:
+        with args.out.open("w") as out:
+            for i, reading in enumerate(readings):
+                now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                out.write(json.dumps(reading_event(reading, id=f"{run}-{i}", time=now)) + "\n")
+        return 0
+    started = time.monotonic()
+    for i, reading in enumerate(readings):
+        time.sleep(max(0.0, started + i / args.rate - time.monotonic()))
+        event = reading_event(
+            reading, id=f"{run}-{i}", time=datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        )
+        headers = {f"ce-{k}": str(v) for k, v in event.items() if k not in ("data", "datacontenttype")}
+        request = urllib.request.Request(
+            args.post,
+            data=json.dumps(event["data"]).encode(),
+            headers={**headers, "content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            if resp.status != 202:
+                print(f"reading {i}: {resp.status} {resp.read()[:300]!r}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stream"]:
+        return stream_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m localdev.datagen", description="Write a synthetic AI4I 2020 CSV."
     )

@@ -414,9 +414,34 @@ def training_frame(contract: Contract, version: str) -> pd.DataFrame:
 
 
 def online_features(contract: Contract, entity_ids: Sequence[int]) -> list[dict[str, Any] | None]:
-    """The online values of each entity (its key plus the view's features); None if unknown."""
+    """The online values of each entity (its key plus the view's features); None if unknown.
+
+    A contract with a ``streaming:`` section also reads its stream view (``shared/feast_stream.py``):
+    an entity's latest streamed reading and rolling aggregates win over its batch values."""
     if not entity_ids:
         return []
+    if contract.streaming is None:
+        return _batch_rows(contract, entity_ids)
+    from feast.errors import FeatureViewNotFoundException
+
+    from shared import feast_stream
+
+    stream = feast_stream.online_rows(contract, entity_ids)
+    try:
+        base = _batch_rows(contract, entity_ids)
+    except FeatureViewNotFoundException:
+        if stream is None:
+            raise
+        base = [None] * len(entity_ids)
+    if stream is None:
+        return base
+    return [
+        feast_stream.merge(b, s, contract.entity_key, e)
+        for b, s, e in zip(base, stream, entity_ids, strict=True)
+    ]
+
+
+def _batch_rows(contract: Contract, entity_ids: Sequence[int]) -> list[dict[str, Any] | None]:
     names = view_features(contract)
     response = (
         feature_store(contract)

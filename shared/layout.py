@@ -21,6 +21,17 @@ def offline_data(dataset: str, version: str) -> str:
     return f"offline/{dataset}/version={version}/data.parquet"
 
 
+def stream_prefix(dataset: str) -> str:
+    """Key prefix (features bucket) of the offline Parquet parts of a dataset's streamed features."""
+    return f"stream/{dataset}/"
+
+
+def stream_part(dataset: str, first: int, last: int) -> str:
+    """Object key (features bucket) of one part: buffered rows ``first``..``last`` (a rewrite after
+    a crash between the write and the buffer's delete writes the same key again)."""
+    return f"{stream_prefix(dataset)}part-{first:012d}-{last:012d}.parquet"
+
+
 def dataset_latest(dataset: str) -> str:
     """Object key (features bucket): JSON of the last features.materialised data of a dataset."""
     return f"datasets/{dataset}/latest.json"

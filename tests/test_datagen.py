@@ -127,3 +127,22 @@ def test_column_stats_and_failure_counts_match_the_real_file(rows: list[dict[str
     # Counts are random; HDF depends on a random walk of the temperature difference, so wide.
     for mode, rel in {"Machine failure": 0.25, "TWF": 0.35, "PWF": 0.35, "OSF": 0.25, "HDF": 0.5}.items():
         assert ours[mode] == pytest.approx(real[mode], rel=rel), (mode, ours[mode], real[mode])
+
+
+def test_stream_mode_gives_valid_readings_of_each_machine_in_turn(tmp_path: Path) -> None:
+    import json as _json
+
+    from localdev.datagen import main as datagen_main
+    from localdev.datagen import stream_readings
+    from shared.contracts import get_contract
+    from shared.contracts.streaming import check_reading
+
+    contract = get_contract("ai4i")
+    readings = stream_readings(2000, 7, seed=5)
+    assert [r["udi"] for r in readings[:8]] == [1, 2, 3, 4, 5, 6, 7, 1]
+    assert all(check_reading(contract, r)[1] == [] for r in readings)
+    out = tmp_path / "readings.jsonl"
+    assert datagen_main(["stream", "--count", "3", "--machines", "2", str(out)]) == 0
+    events = [_json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["type"] for e in events] == ["dev.faaspipe.sensor.reading.v1"] * 3
+    assert events[2]["data"]["reading"]["udi"] == 1 and len({e["id"] for e in events}) == 3

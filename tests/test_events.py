@@ -209,6 +209,23 @@ EXAMPLES: list[EventData] = [
         decided_at="2025-03-01T12:10:00Z",
     ),
     events.SamplePing(message="hello", fail_times=2),
+    events.SensorReading(
+        dataset="ai4i",
+        reading={"udi": 7, "type": "L", "air_temperature_k": 298.1, "torque_nm": 42.8},
+    ),
+    events.SensorReadingRejected(
+        dataset="ai4i",
+        reading_id="r-1",
+        reading_source="/sensors/line-1",
+        entity=None,
+        reasons=[
+            {
+                "field": "torque_nm",
+                "rule": "max",
+                "message": "torque_nm: 400 is above the contract maximum 200",
+            }
+        ],
+    ),
     events.SamplePong(message="hello", handled_by="sample-0", attempt=3),
     events.BatchScored(
         dataset="credit",
@@ -259,7 +276,7 @@ def _walk_schemas(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str,
 
 
 def test_catalogue_has_every_type_and_an_example_per_type() -> None:
-    assert len(EVENT_TYPES) == 20
+    assert len(EVENT_TYPES) == 22
     assert set(BY_TYPE) == set(EVENT_TYPES)
     assert {p.name.removesuffix(".json") for p in SCHEMA_DIR.glob("*.json")} == set(EVENT_TYPES)
 

@@ -2,8 +2,10 @@
 
 ``POST /online`` with ``{"dataset": "ai4i", "entities": [1, 2]}`` →
 ``200 {"dataset", "feature_view", "rows": [{entity key + features} | null]}`` (null for an
-entity the online store does not know). ``400`` names what is wrong with a malformed body,
-``404`` for an unknown dataset or one never materialised, ``503`` until ``init`` has loaded
+entity the online store does not know). A dataset whose contract streams (``streaming:``)
+answers each entity's latest streamed reading and rolling aggregates over its batch values
+(``shared/feast_stream.py``). ``400`` names what is wrong with a malformed body,
+``404`` for an unknown dataset or one never materialised (nor streamed), ``503`` until ``init`` has loaded
 the stores, ``500`` (JSON) if the online store fails. The lean ``predict`` function calls this to score entity ids without Feast.
 """
 

@@ -7,7 +7,8 @@ a request that names no model gets ``FAASPIPE_DATASET``'s.
 Routes (all errors are ``{"error": "..."}`` with a 4xx naming the problem, 503 without champion):
 
 * ``POST /predict`` — ``{"entities": [udi, ...]}`` (features from the feature server; an
-  unknown entity → 404 naming it) or ``{"instances": [{<raw input>: value, ...}]}`` (the
+  unknown entity → 404 naming it; the answer adds ``"features"``: the online row scored per
+  entity, with a streamed dataset's latest reading and rolling aggregates) or ``{"instances": [{<raw input>: value, ...}]}`` (the
   contract's ``raw_inputs``; derived features are computed here) →
   ``{"model_name", "model_version", "predictions": [{"probability", "label"}], "request_id"}``.
   The request id is ``X-Request-Id`` if sent, else generated; row ``i`` of a batch of more
@@ -140,6 +141,7 @@ def _predict_json() -> tuple[Response, int]:
     model_name = state.default_model if named is None else state.models.resolve(named)
     contract = state.models.contract(model_name)
     entities: list[int] | None = None
+    fetched: list[dict[str, Any]] | None = None
     rows: list[RawRow]
     if has_entities:
         entities = parse_entities(body["entities"])
@@ -163,6 +165,9 @@ def _predict_json() -> tuple[Response, int]:
             {"probability": p, "label": y} for p, y in zip(result.probabilities, result.labels, strict=True)
         ],
         request_id=result.request_id,
+        # the entity route echoes the online values it scored: the latest streamed reading's
+        # features and rolling aggregates, where the dataset streams (window_readings, reading_id)
+        **({"features": fetched} if fetched is not None else {}),
     )
     response.headers["X-Request-Id"] = result.request_id
     return response, 200

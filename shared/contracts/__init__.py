@@ -8,6 +8,7 @@ that works on Python numbers and on numpy arrays / pandas Series alike.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import operator
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from shared.contracts.streaming import StreamingSpec, parse_streaming
 from shared.rollout import RolloutPolicy, RolloutPolicyError
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
@@ -76,6 +78,12 @@ class Contract:
     feature_view: str
     model_name: str
     rollout: RolloutPolicy = RolloutPolicy()  # how a new challenger reaches live traffic
+    streaming: StreamingSpec | None = None  # rolling windows of streamed readings (None: no stream)
+
+    @property
+    def stream_feature_view(self) -> str:
+        """The Feast view streamed readings are pushed to: latest values + rolling aggregates."""
+        return f"{self.feature_view}_stream"
 
     @property
     def ref(self) -> str:
@@ -196,7 +204,12 @@ def load_contract(path: Path) -> Contract:
             model_name=doc["model_name"],
             rollout=RolloutPolicy.parse(doc.get("rollout"), str(path)),
         )
-    except RolloutPolicyError as exc:
+        numeric = [c.name for c in contract.columns if c.type in ("int", "float")] + list(contract.derived)
+        numeric = [n for n in numeric if n not in (contract.entity_key, contract.label)]
+        contract = dataclasses.replace(
+            contract, streaming=parse_streaming(doc.get("streaming"), str(path), numeric)
+        )
+    except (RolloutPolicyError, ValueError) as exc:
         raise ContractError(str(exc)) from exc
     except KeyError as exc:
         raise ContractError(f"{path}: missing required field {exc}") from exc
