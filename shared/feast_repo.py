@@ -362,6 +362,7 @@ def apply(contract: Contract, version: str) -> bool:
     Returns True when definitions were applied.
     """
     wanted = definition_fingerprint(contract, version)
+    feature_store(contract)  # opening it takes the same advisory lock: never inside it
     with _apply_lock():
         if applied_fingerprint(contract) == wanted:
             log.info("feast definitions of %s@%s unchanged (%s); not applied", contract.name, version, wanted)

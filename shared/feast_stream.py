@@ -140,6 +140,9 @@ def applied_fingerprint(contract: Contract) -> str | None:
 def apply_stream(contract: Contract) -> bool:
     """Register the push source and the stream view (a no-op when unchanged). True if applied."""
     wanted = fingerprint(contract)
+    # opening the shared store takes the registry's advisory lock on PostgreSQL (a second
+    # session: not re-entrant), so open it before holding that lock, never inside it
+    feast_repo.feature_store(contract)
     with feast_repo._apply_lock():
         if applied_fingerprint(contract) == wanted:
             return False
