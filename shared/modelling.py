@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared import settings
+from shared import feature_set, settings
 from shared.contracts import Contract
 from shared.errors import EventRejected
 
@@ -67,14 +67,21 @@ def load_training_frame(contract: Contract, version: str) -> pd.DataFrame:
     """The training frame of a dataset version: entity key, event time, label, model features.
 
     The Feast point-in-time join (``shared.feast_repo.training_frame``) when that module is
-    importable; otherwise the version's offline Parquet read directly.
+    importable; otherwise the version's offline Parquet read directly. A contract with a
+    ``streaming:`` section gets its rolling aggregates joined too, when the stream covers the
+    rows (``shared.stream_join``; the columns then include them, see ``shared.feature_set``).
     """
     try:
         from shared.feast_repo import training_frame
     except ImportError:
         log.warning("shared.feast_repo is not importable: reading the offline Parquet directly")
         return prepare_frame(contract, read_offline_parquet(contract, version))
-    return prepare_frame(contract, training_frame(contract, version))
+    frame = prepare_frame(contract, training_frame(contract, version))
+    if contract.streaming is None:
+        return frame
+    from shared.stream_join import join_aggregates
+
+    return prepare_frame(contract, join_aggregates(contract, frame))
 
 
 def read_offline_parquet(contract: Contract, version: str) -> pd.DataFrame:
@@ -91,7 +98,8 @@ def frame_from_csv(contract: Contract, path: str | Path) -> pd.DataFrame:
 
 
 def prepare_frame(contract: Contract, frame: pd.DataFrame) -> pd.DataFrame:
-    """Canonical names, derived features, only the columns training needs, sorted by entity key."""
+    """Canonical names, derived features, only the columns training needs (the contract's, and
+    the streamed aggregates when the frame has them), sorted by entity key."""
     import pandas as pd
 
     frame = frame.rename(columns={c.source: c.name for c in contract.columns if c.source in frame.columns})
@@ -104,7 +112,7 @@ def prepare_frame(contract: Contract, frame: pd.DataFrame) -> pd.DataFrame:
         unit = {"minutes": "min", "seconds": "s", "hours": "h", "days": "D"}[contract.timestamp_unit]
         offsets = pd.to_timedelta(frame[contract.timestamp_source].astype("int64"), unit=unit)
         frame[EVENT_TIMESTAMP] = pd.Timestamp(contract.timestamp_origin) + offsets
-    columns = [contract.entity_key, EVENT_TIMESTAMP, contract.label, *contract.model_features]
+    columns = [contract.entity_key, EVENT_TIMESTAMP, contract.label, *model_columns(contract, frame)]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"training frame of {contract.ref} lacks columns {missing}")
@@ -125,12 +133,23 @@ def split_holdout(
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
+def model_columns(contract: Contract, frame: pd.DataFrame) -> list[str]:
+    """The frame's model features before encoding: the contract's, then its streamed aggregates."""
+    return [*contract.model_features, *feature_set.aggregates_in(contract, frame.columns)]
+
+
+def frame_features(contract: Contract, frame: pd.DataFrame) -> list[str]:
+    """The encoded features a model trained on ``frame`` has (``shared.feature_set``)."""
+    return list(feature_set.encoded_features(contract, feature_set.aggregates_in(contract, frame.columns)))
+
+
 def encode_frame(contract: Contract, frame: pd.DataFrame) -> np.ndarray:
-    """``contract.encode`` for a whole frame: float32 matrix in ``contract.encoded_features`` order."""
+    """``contract.encode`` for a whole frame, then its streamed aggregates (if it has them): a
+    float32 matrix in :func:`frame_features` order."""
     import numpy as np
 
     columns: list[np.ndarray] = []
-    for feature in contract.model_features:
+    for feature in model_columns(contract, frame):
         values = frame[feature]
         if feature in contract.categoricals:
             columns.extend((values == v).to_numpy(dtype=np.float32) for v in contract.categoricals[feature])
@@ -146,8 +165,9 @@ def labels(contract: Contract, frame: pd.DataFrame) -> np.ndarray:
 
 
 def frame_checksum(contract: Contract, frame: pd.DataFrame) -> str:
-    """SHA-256 (hex) of the frame's entity key, label and model features, in entity-key order."""
-    columns = [contract.entity_key, contract.label, *contract.model_features]
+    """SHA-256 (hex) of the frame's entity key, label and model features (with the streamed
+    aggregates, if any), in entity-key order."""
+    columns = [contract.entity_key, contract.label, *model_columns(contract, frame)]
     ordered = frame[columns].sort_values(contract.entity_key, kind="stable")
     text = ordered.to_csv(index=False, float_format="%.10g", lineterminator="\n")
     return hashlib.sha256(text.encode()).hexdigest()

@@ -57,6 +57,7 @@ from events import (
     validate_event,
 )
 from functions.predict import binary_tensors, dataplane
+from functions.predict.aggregates import with_aggregates
 from functions.predict.dataplane import Serving, init  # noqa: F401 - init: the runtime calls it
 from functions.predict.inputs import BadInput, RawRow, parse_entities, rows_from_instances
 from functions.predict.repository import Unavailable
@@ -151,9 +152,15 @@ def _predict_json() -> tuple[Response, int]:
             rows = rows_from_instances(contract, fetched)
         except BadInput as exc:
             raise BadInput(f"feature server returned an unusable row: {exc}", status=502) from exc
+        # a model trained on the rolling aggregates scores the stream view's latest ones
+        rows = with_aggregates(rows, fetched, model.aggregates, [f"entity {e}" for e in entities])
     else:
         rows = rows_from_instances(contract, body["instances"])
         model = dataplane.model(state, model_name)
+        instances = body["instances"]
+        rows = with_aggregates(
+            rows, instances, model.aggregates, [f"instances[{i}]" for i in range(len(rows))]
+        )
     rid = dataplane.request_id(request.headers.get("X-Request-Id"))
     result = dataplane.answer(state, model, rows, rid, fresh=_fresh())
     dataplane.log_predictions(state, result, route="json", rows=rows, entities=entities, started=started)

@@ -21,7 +21,7 @@ from minio import Minio
 from minio.error import S3Error
 from prometheus_client import Counter, Gauge
 
-from shared import layout
+from shared import feature_set, layout
 from shared.contracts import Contract
 from shared.registry_alias import RegistryClient
 from shared.settings import read_object
@@ -49,6 +49,7 @@ class LoadedModel:
     threshold: float
     meta: dict[str, Any]
     size_bytes: int = 0  # estimated memory: the size of its model file
+    aggregates: tuple[str, ...] = ()  # streamed rolling aggregates it scores after the contract's
     loaded_at: float = field(default_factory=time.time)
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
@@ -68,12 +69,16 @@ def _get_object(s3: Minio, key: str) -> bytes:
 def load_model(s3: Minio, contract: Contract, model_name: str, version: str) -> LoadedModel:
     """Load and check a version's ``meta.json`` + ``model.json``; warm it up with one prediction."""
     meta = json.loads(_get_object(s3, layout.serving_model(model_name, version, "meta.json")))
-    expected = list(contract.encoded_features)
-    if meta.get("contract") != contract.ref or list(meta.get("features", [])) != expected:
+    try:
+        if meta.get("contract") != contract.ref:
+            raise ValueError(f"this server encodes {contract.ref}")
+        aggregates = feature_set.model_aggregates(contract, meta.get("features", []))
+    except ValueError as exc:
         raise ArtefactError(
             f"{model_name} v{version}: meta.json is for contract {meta.get('contract')!r} with features "
-            f"{meta.get('features')}; this server encodes {contract.ref} as {expected}"
-        )
+            f"{meta.get('features')}: {exc}"
+        ) from None
+    expected = feature_set.encoded_features(contract, aggregates)
     raw = _get_object(s3, layout.serving_model(model_name, version, "model.json"))
     booster = xgboost.Booster(model_file=bytearray(raw))
     booster.set_param({"nthread": 1})
@@ -81,7 +86,15 @@ def load_model(s3: Minio, contract: Contract, model_name: str, version: str) -> 
         raise ArtefactError(
             f"{model_name} v{version}: booster has {booster.num_features()} features, expected {len(expected)}"
         )
-    model = LoadedModel(model_name, version, booster, float(meta["threshold"]), meta, size_bytes=len(raw))
+    model = LoadedModel(
+        model_name,
+        version,
+        booster,
+        float(meta["threshold"]),
+        meta,
+        size_bytes=len(raw),
+        aggregates=aggregates,
+    )
     model.predict_proba(np.zeros((1, len(expected)), dtype=np.float32))  # warm-up before it serves
     return model
 

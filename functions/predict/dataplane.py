@@ -161,7 +161,9 @@ def score(serving: Serving, loaded: LoadedModel, rows: list[RawRow], *, fresh: b
     rules = contract(serving, loaded)
 
     def compute(indexes: list[int]) -> list[tuple[float, int]]:
-        probabilities = loaded.predict_proba(encode_rows(rules, [rows[i] for i in indexes]))
+        probabilities = loaded.predict_proba(
+            encode_rows(rules, [rows[i] for i in indexes], loaded.aggregates)
+        )
         probs = [min(1.0, max(0.0, float(p))) for p in probabilities]
         return [(p, 1 if p >= loaded.threshold else 0) for p in probs]
 

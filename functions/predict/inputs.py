@@ -233,8 +233,10 @@ def rows_from_v2_inputs(contract: Contract, inputs: Any) -> list[RawRow]:
 # --------------------------------------------------------------------------- model matrix
 
 
-def encode_rows(contract: Contract, rows: Sequence[RawRow]) -> np.ndarray:
-    """Validated raw rows → float32 matrix [N, len(encoded_features)] (derived features added).
+def encode_rows(contract: Contract, rows: Sequence[RawRow], aggregates: Sequence[str] = ()) -> np.ndarray:
+    """Validated raw rows → float32 matrix [N, len(encoded_features) + len(aggregates)] (derived
+    features added; then the model's streamed ``aggregates``, which the rows must carry:
+    ``functions.predict.aggregates`` puts them there, a row without them is a 422).
 
     Column-wise: ``contract.derive`` runs once on numpy arrays (float64, as training does on
     pandas columns), then the matrix is cast to float32, XGBoost's own precision.
@@ -252,4 +254,13 @@ def encode_rows(contract: Contract, rows: Sequence[RawRow]) -> np.ndarray:
             )
         else:
             blocks.append(np.asarray(derived[feature], dtype=np.float64))
+    for name in aggregates:
+        missing = [i for i, row in enumerate(rows) if row.get(name) is None]
+        if missing:
+            raise BadInput(
+                f"rows {missing[:10]}: no rolling aggregate {name!r}; this model scores the streamed "
+                "window (predict by entity after sending sensor readings)",
+                status=422,
+            )
+        blocks.append(np.asarray([row[name] for row in rows], dtype=np.float64))
     return np.column_stack(blocks).astype(np.float32)

@@ -8,20 +8,26 @@ import time
 from typing import Any
 
 from functions.promote.decision import Gate, gate
+from shared import feature_set
 from shared.contracts import Contract
 
 LATENCY_WARMUP_CALLS = 20
 
 
 def input_schema_gate(meta: dict[str, Any] | None, contract: Contract, booster_features: int | None) -> Gate:
-    """The model's inputs (``meta.json`` features, booster width) = what serving encodes for the contract."""
-    expected = list(contract.encoded_features)
+    """The model's inputs (``meta.json`` features, booster width) = what serving encodes for the
+    contract: its encoded features, or those followed by its rolling aggregates (``shared.feature_set``)."""
+    features = list((meta or {}).get("features") or [])
+    try:
+        aggregates = feature_set.model_aggregates(contract, features)
+    except ValueError:
+        aggregates = ()
+    expected = list(feature_set.encoded_features(contract, aggregates))
     threshold = f"{contract.ref}: {len(expected)} encoded features"
     if meta is None:
         return gate(
             "input_schema", False, None, threshold, "the version has no meta.json in the models bucket"
         )
-    features = list(meta.get("features") or [])
     problems = []
     if meta.get("contract") != contract.ref:
         problems.append(f"meta.json is for contract {meta.get('contract')!r}, serving encodes {contract.ref}")
@@ -48,17 +54,21 @@ def load_booster(model_json: bytes) -> Any:
     return booster
 
 
-def example_row(contract: Contract, reference_csv: bytes | None) -> Any:
-    """One encoded input row: the first row of the drift reference, or zeros."""
+def example_row(contract: Contract, reference_csv: bytes | None, width: int | None = None) -> Any:
+    """One encoded input row of ``width`` columns (default: the contract's encoded features): the
+    first row of the drift reference, or zeros; columns past the contract's (a model's rolling
+    aggregates, which the reference does not keep) are zeros: a latency probe, not a score."""
     import numpy as np
 
+    width = len(contract.encoded_features) if width is None else width
+    row = np.zeros((1, max(width, len(contract.encoded_features))), dtype=np.float32)
     if reference_csv:
         import pandas as pd
 
         frame = pd.read_csv(io.BytesIO(reference_csv), nrows=1)
-        row = {f: frame[f].iloc[0] for f in contract.model_features}
-        return np.asarray([contract.encode(row)], dtype=np.float32)
-    return np.zeros((1, len(contract.encoded_features)), dtype=np.float32)
+        values = {f: frame[f].iloc[0] for f in contract.model_features}
+        row[0, : len(contract.encoded_features)] = contract.encode(values)
+    return row[:, :width]
 
 
 def single_row_timings(booster: Any, row: Any, calls: int) -> tuple[Any, Any]:

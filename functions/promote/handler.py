@@ -194,7 +194,9 @@ def _decide(
     fixed_gates = [
         artefact_gates.latency_gate(
             booster,
-            artefact_gates.example_row(contract, reference),
+            artefact_gates.example_row(
+                contract, reference, booster.num_features() if booster is not None else None
+            ),
             budget_ms=_setting("FAASPIPE_PROMOTE_LATENCY_BUDGET_MS", 5.0),
             calls=int(_setting("FAASPIPE_PROMOTE_LATENCY_CALLS", 200)),
         ),

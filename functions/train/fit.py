@@ -34,6 +34,7 @@ class TrainedModel:
     metrics: dict[str, float]  # holdout: roc_auc, pr_auc, f1, threshold, brier
     reference: pd.DataFrame  # up to REFERENCE_ROWS train rows, contract.model_features
     input_example: pd.DataFrame  # a few encoded train rows (the model's input)
+    features: list[str] = field(default_factory=list)  # encoded, in order (shared.feature_set)
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -53,7 +54,7 @@ def train_final(
     import pandas as pd
 
     started = time.perf_counter()
-    features = list(contract.encoded_features)
+    features = modelling.frame_features(contract, train)  # the contract's, + streamed aggregates
     x_train, y_train = modelling.encode_frame(contract, train), modelling.labels(contract, train)
     x_hold, y_hold = modelling.encode_frame(contract, holdout), modelling.labels(contract, holdout)
     n_rounds = (int(best_iteration) + 1) if best_iteration is not None else DEFAULT_ROUNDS
@@ -68,7 +69,7 @@ def train_final(
     metrics = modelling.classification_metrics(y_hold, modelling.predict(booster, x_hold), threshold)
     reference = train.sample(n=min(REFERENCE_ROWS, len(train)), random_state=seed)[
         list(contract.model_features)
-    ]
+    ]  # the drift reference: the contract's features (what every prediction logs)
     example = pd.DataFrame(x_train[:5], columns=features)
     return TrainedModel(
         booster=booster,
@@ -79,6 +80,7 @@ def train_final(
         metrics=metrics,
         reference=reference.reset_index(drop=True),
         input_example=example,
+        features=features,
         rows={"train": len(train), "holdout": len(holdout), "holdout_positives": int(y_hold.sum())},
         seconds=time.perf_counter() - started,
     )

@@ -34,7 +34,7 @@ from typing import Any
 
 from events import ModelRegistered, StudyCompleted
 from functions.train.fit import TrainedModel, train_final
-from shared import concurrency, layout, modelling
+from shared import concurrency, feature_set, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 
@@ -277,9 +277,12 @@ def _tag_version(
         "faaspipe.holdout_roc_auc": f"{trained.metrics['roc_auc']:.6f}",
         "faaspipe.holdout_pr_auc": f"{trained.metrics['pr_auc']:.6f}",
         "faaspipe.threshold": f"{trained.threshold:.6f}",
+        "faaspipe.feature_set": feature_set.label(feature_set.model_aggregates(contract, trained.features)),
     }
     for key, value in tags.items():
         client.set_model_version_tag(contract.model_name, version, key, value)
+    # the run too: its signature lists the features, the tag names the set (contract[+stream])
+    client.set_tag(run_id, "faaspipe.feature_set", tags["faaspipe.feature_set"])
 
 
 def _terminate(client: Any, run_id: str | None) -> None:
@@ -307,7 +310,8 @@ def _write_serving_artefacts(
         "model_name": name,
         "version": version,
         "contract": contract.ref,
-        "features": list(contract.encoded_features),
+        "features": trained.features,  # the contract's encoded features, + streamed aggregates
+        "feature_set": feature_set.label(feature_set.model_aggregates(contract, trained.features)),
         "raw_inputs": list(contract.raw_inputs),
         "threshold": trained.threshold,
         "metrics": metrics,
