@@ -283,6 +283,23 @@ def publish(
     ``base_score`` replaces the trained model's base score (a probability): every margin moves
     by the same amount, so the ranking and ROC-AUC stay, and the probabilities are miscalibrated:
     a model that passes the offline gates and is worse on live traffic."""
+    trained = _train(seed, contract_name)
+    model_json = bytes(trained["booster"].save_raw("json"))
+    if base_score is not None:
+        doc = json.loads(model_json)
+        params = doc["learner"]["learner_model_param"]
+        params["base_score"] = (
+            f"[{base_score:E}]" if params["base_score"].startswith("[") else f"{base_score:E}"
+        )
+        model_json = json.dumps(doc).encode()
+    return publish_trained(trained, model_json, alias, f"fixture-seed-{seed}")
+
+
+def publish_trained(
+    trained: dict[str, Any], model_json: bytes, alias: str | None, run_name: str
+) -> dict[str, Any]:
+    """Register a trained model (``trained``: contract, metrics, threshold, reference_csv, params,
+    and optionally ``features``, its encoded feature list) and write its serving artefacts."""
     from datetime import UTC, datetime
 
     import mlflow
@@ -292,19 +309,10 @@ def publish(
     from shared import layout
     from shared.settings import s3_client
 
-    trained = _train(seed, contract_name)
     contract = trained["contract"]
     name = contract.model_name
-    model_json = bytes(trained["booster"].save_raw("json"))
-    if base_score is not None:
-        doc = json.loads(model_json)
-        params = doc["learner"]["learner_model_param"]
-        params["base_score"] = (
-            f"[{base_score:E}]" if params["base_score"].startswith("[") else f"{base_score:E}"
-        )
-        model_json = json.dumps(doc).encode()
     mlflow.set_experiment("faaspipe-serving-fixtures")
-    with mlflow.start_run(run_name=f"fixture-seed-{seed}") as run:
+    with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: v for k, v in trained["params"].items() if k != "nthread"})
         mlflow.log_metrics(trained["metrics"])
         mlflow.log_text(model_json.decode(), "model/model.json")
@@ -321,12 +329,12 @@ def publish(
         "model_name": name,
         "version": str(version),
         "contract": contract.ref,
-        "features": list(contract.encoded_features),
+        "features": list(trained.get("features") or contract.encoded_features),
         "raw_inputs": list(contract.raw_inputs),
         "threshold": trained["threshold"],
         "metrics": trained["metrics"],
         "run_id": run.info.run_id,
-        "study_id": f"fixture-seed-{seed}",
+        "study_id": run_name,
         "dataset_version": "fixture",
         "trained_at": datetime.now(UTC).isoformat(),
     }

@@ -26,6 +26,7 @@ from shared.cloudevents_io import CloudEvent
 from shared.contracts import get_contract
 from tests.conftest import REPO, TEST_PORT_BASE, Stack, running_stack, wait_until
 from tests.fixtures_model import promote, publish_models, wait_served
+from tests.fixtures_stream_model import publish_stream_model
 
 CONTRACT = get_contract("ai4i")
 TRAIN_PYTHON = REPO / ".venvs" / "train" / "bin" / "python"
@@ -303,3 +304,124 @@ def test_readings_written_to_the_kafka_topic_are_streamed_too(stream_stack: Stac
         what="the Kafka reading's rejection",
     )
     assert [(x["field"], x["rule"]) for x in rejected["data"]["reasons"]] == [("torque_nm", "min")]
+
+
+def offline_reading_ids(stack: Stack) -> set[str]:
+    """The reading ids of every row in the stream view's offline parts."""
+    import pyarrow.parquet as pq
+
+    s3 = stack.s3()
+    ids: set[str] = set()
+    for obj in s3.list_objects(layout.FEATURES, prefix=layout.stream_prefix("ai4i"), recursive=True):
+        response = s3.get_object(layout.FEATURES, obj.object_name)
+        try:
+            ids.update(
+                pq.read_table(io.BytesIO(response.read()), columns=["reading_id"]).column(0).to_pylist()
+            )
+        finally:
+            response.close()
+            response.release_conn()
+    return ids
+
+
+def stream_history(stack: Stack, entity: int, torques: list[float], start: datetime) -> str:
+    """Post one reading per torque (a second apart; the other inputs fixed); the last reading's id."""
+    events = [reading_event(entity, start + timedelta(seconds=i), torque_nm=t) for i, t in enumerate(torques)]
+    for event in events:
+        post(stack, event)
+    return f"{SOURCE}/{events[-1].get_id()}"
+
+
+def aggregates_of(torques: list[float]) -> dict[str, float]:
+    window = torques[-10:]
+    return {"torque_nm_mean_10": statistics.fmean(window), "torque_nm_max_10": max(window)}
+
+
+HIGH, LOW = [70.0, 70.0, 40.0], [20.0, 20.0, 40.0]  # the latest torque is the same: only the window differs
+
+
+def test_a_model_trained_on_the_rolling_aggregates_scores_the_latest_ones(stream_stack: Stack) -> None:
+    """Readings of 32 machines (half with a high-torque history, labelled failures) are streamed;
+    a model is trained on them joined point-in-time with the stream's offline parts (the
+    pipeline's ``stream_join`` and ``train_final``) and promoted; predict by entity then scores
+    each machine's online aggregates, and one more reading changes what the next one scores."""
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    labelled: list[dict[str, Any]] = []
+    last_ids = []
+    for i in range(32):
+        entity, failing = fresh_entity(), i % 2 == 0
+        last_ids.append(stream_history(stream_stack, entity, HIGH if failing else LOW, start))
+        reading = reading_event(entity, start).get_data()["reading"]
+        labelled.append(
+            {
+                **{k: v for k, v in reading.items() if k != "torque_nm"},
+                "torque_nm": 40.0,
+                "machine_failure": int(failing),
+                "event_timestamp": (start + timedelta(minutes=5)).isoformat(),
+            }
+        )
+    ticker = fresh_entity()
+
+    def flushed() -> bool:
+        post(stream_stack, reading_event(ticker, datetime.now(UTC)))  # the flush is checked per reading
+        return set(last_ids) <= offline_reading_ids(stream_stack)
+
+    wait_until(flushed, timeout=120, interval=1.0, what="the training readings in offline parts")
+    model = publish_stream_model({**stream_stack.env, **stream_stack.config.function_env()}, labelled)
+    names = CONTRACT.streaming.feature_names if CONTRACT.streaming else ()
+    assert model["meta"]["features"] == [*CONTRACT.encoded_features, *names]
+    promote(stream_stack, model["version"], None)
+    wait_served(stream_stack, model["version"], timeout=120)
+
+    low, high = fresh_entity(), fresh_entity()
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    latest = {
+        low: stream_history(stream_stack, low, LOW, now),
+        high: stream_history(stream_stack, high, HIGH, now),
+    }
+    wait_until(
+        lambda: (
+            [r["reading_id"] if r else None for r in online(stream_stack, [low, high])]
+            == [latest[low], latest[high]]
+        ),
+        timeout=60,
+        what="both machines' last readings online",
+    )
+    body = predict(stream_stack, {"entities": [low, high]})
+    assert body["model_version"] == model["version"]
+    scored = {e: f for e, f in zip((low, high), body["features"], strict=True)}
+    for entity, torques in ((low, LOW), (high, HIGH)):
+        assert {k: scored[entity][k] for k in aggregates_of(torques)} == pytest.approx(aggregates_of(torques))
+    p_low, p_high = (p["probability"] for p in body["predictions"])
+    assert p_high > p_low  # the latest readings are identical: the window is what tells them apart
+
+    # the scored vector is the contract's features + the online aggregates: the same values sent
+    # as an instance score the same; without the aggregates an instance is refused
+    def instance(features: dict[str, Any]) -> dict[str, Any]:
+        return {n: features[n] for n in (*CONTRACT.raw_inputs, *names)}
+
+    same = predict(stream_stack, {"instances": [instance(scored[low]), instance(scored[high])]})
+    assert same["predictions"] == body["predictions"]
+    refused = HTTP.request(
+        "POST",
+        stream_stack.config.function_url("predict") + "predict",
+        body=json.dumps({"instances": [{n: scored[low][n] for n in CONTRACT.raw_inputs}]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert refused.status == 422 and b"torque_nm_mean_10" in refused.data, refused.data
+
+    # one more reading: the next prediction scores the new window
+    newer = reading_event(low, now + timedelta(seconds=30), torque_nm=70.0)
+    post(stream_stack, newer)
+    newer_id = f"{SOURCE}/{newer.get_id()}"
+    after = wait_until(
+        lambda: (
+            (b := predict(stream_stack, {"entities": [low]}))["features"][0]["reading_id"] == newer_id and b
+        ),
+        timeout=60,
+        what="predict to score the newer reading's window",
+    )
+    (features,) = after["features"]
+    assert {k: features[k] for k in aggregates_of([*LOW, 70.0])} == pytest.approx(aggregates_of([*LOW, 70.0]))
+    assert features["window_readings"] == 4
+    assert predict(stream_stack, {"instances": [instance(features)]})["predictions"] == after["predictions"]
