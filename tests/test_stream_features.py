@@ -3,7 +3,8 @@ predict by entity (the latest reading and its rolling aggregates); bad readings 
 a reason per field and never written; the rows reach the offline store as Parquet parts.
 
 A stack of its own (stream-features, feature-server, predict, a recorder of rejections) at
-``FAASPIPE_TEST_PORT_BASE + 3500``; the champion is a fixture model (``tests/fixtures_model.py``).
+``FAASPIPE_TEST_PORT_BASE + 3500``; the champion is a fixture model (``tests/fixtures_model.py``),
+then, in the last test, one trained on the streamed aggregates (``tests/fixtures_stream_model.py``).
 """
 
 from __future__ import annotations

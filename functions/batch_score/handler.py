@@ -181,6 +181,12 @@ def handle(event: CloudEvent) -> CloudEvent | None:
         return _rejected(event, job, None, "no_champion", None, str(exc))
     except ArtefactError as exc:
         return _rejected(event, job, None, "model_unavailable", None, str(exc))
+    if model.aggregates:  # a file has raw inputs, not machines' windows (shared/feature_set.py)
+        message = (
+            f"{model.name} v{model.version} scores the streamed rolling aggregates {list(model.aggregates)}, "
+            "which a batch file does not carry: predict by entity instead"
+        )
+        return _rejected(event, job, model.version, "model_unavailable", None, message)
     with tempfile.TemporaryDirectory(prefix="faaspipe-batch-") as tmp:
         return _score(event, job, model, fmt, Path(tmp))
 

@@ -8,8 +8,10 @@ Routes (all errors are ``{"error": "..."}`` with a 4xx naming the problem, 503 w
 
 * ``POST /predict`` — ``{"entities": [udi, ...]}`` (features from the feature server; an
   unknown entity → 404 naming it; the answer adds ``"features"``: the online row scored per
-  entity, with a streamed dataset's latest reading and rolling aggregates) or ``{"instances": [{<raw input>: value, ...}]}`` (the
-  contract's ``raw_inputs``; derived features are computed here) →
+  entity, with a streamed dataset's latest reading and rolling aggregates; a model trained on
+  the aggregates scores them, an entity without them → 422, ``functions/predict/aggregates.py``)
+  or ``{"instances": [{<raw input>: value, ...}]}`` (the contract's ``raw_inputs``, plus the
+  aggregates for such a model; derived features are computed here) →
   ``{"model_name", "model_version", "predictions": [{"probability", "label"}], "request_id"}``.
   The request id is ``X-Request-Id`` if sent, else generated; row ``i`` of a batch of more
   than one row is logged as ``<request_id>-<i>`` (what a labels file joins on).
