@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared import layout, modelling
+from shared import feature_set, layout, modelling
 from shared.contracts import Contract
 
 if TYPE_CHECKING:
@@ -145,6 +145,9 @@ def retrain_window(
         data.window = {**declared, "fallback": "recent holdout of one class"}
         return data
     base = modelling.load_training_frame(contract, reference)
+    # one feature set for the whole window: production rows are not joined with the stream (yet),
+    # so a window with them trains on the contract's features (shared/feature_set.py)
+    base = base.drop(columns=list(feature_set.aggregates_in(contract, base.columns)))
     base = base[~base[contract.entity_key].isin(production[contract.entity_key])]  # production's label wins
     used = list(dict.fromkeys(production[VERSION_COLUMN]))
     columns = list(base.columns)
