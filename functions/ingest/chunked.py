@@ -148,9 +148,7 @@ def _csv_names(path: Path) -> list[str]:
     return names
 
 
-def _csv_chunks(
-    path: Path, names: list[str], chunk_rows: int
-) -> Iterator[tuple[pd.DataFrame, pa.RecordBatch]]:
+def _csv_chunks(path: Path, names: list[str], chunk_rows: int) -> Iterator[tuple[_Cells, pa.RecordBatch]]:
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     row_bytes = max(16, len(head) // max(1, head.count(b"\n")))
@@ -168,18 +166,85 @@ def _csv_chunks(
     for whole in reader:
         for start in range(0, whole.num_rows, chunk_rows):
             batch = whole.slice(start, chunk_rows)
-            yield _strings(names, batch), batch
+            yield _Cells(names, [_clean(column) for column in batch.columns]), batch
 
 
-def _strings(names: list[str], batch: pa.RecordBatch) -> pd.DataFrame:
+def _clean(column: pa.Array) -> pa.Array:
     """CSV cells as the in-memory reader sees them: stripped strings, NA strings and blanks null."""
-    raw: dict[str, pd.Series] = {}
-    for name, column in zip(names, batch.columns, strict=True):
-        na = pc.is_in(pc.utf8_ltrim(column, characters=" "), value_set=_NA_ARRAY)
-        stripped = pc.utf8_trim_whitespace(column)
-        cleaned = pc.if_else(pc.or_(na, pc.equal(stripped, "")), pa.scalar(None, pa.string()), stripped)
-        raw[name] = pd.Series(cleaned.to_numpy(zero_copy_only=False), dtype=object)
-    return pd.DataFrame(raw)
+    na = pc.is_in(pc.utf8_ltrim(column, characters=" "), value_set=_NA_ARRAY)
+    stripped = pc.utf8_trim_whitespace(column)
+    return pc.if_else(pc.or_(na, pc.equal(stripped, "")), pa.scalar(None, pa.string()), stripped)
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """A CSV chunk's cleaned cells, still Arrow strings (a pandas frame only when needed)."""
+
+    names: list[str]
+    columns: list[pa.Array]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                name: pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+                for name, column in zip(self.names, self.columns, strict=True)
+            }
+        )
+
+
+def _clean_column(column: Column, cells: pa.Array) -> pd.Series | None:
+    """Typed values of a column every rule of which holds on every row of ``cells``, else None.
+
+    A vectorised Arrow shortcut for the common case (a clean chunk): it answers only "all
+    valid" (the same typed values ``validation._parse`` gives) or "don't know"; on "don't
+    know" the chunk is validated the exact, slower way, which finds and reports the violations.
+    """
+    if not column.nullable and cells.null_count:
+        return None
+    present = cells.drop_null()
+    numeric = column.type in ("int", "float")
+    if column.pattern is not None:
+        if numeric:
+            return None
+        try:
+            if not pc.all(pc.match_substring_regex(present, column.pattern)).as_py() and len(present):
+                return None
+        except pa.ArrowInvalid:
+            return None
+    if not numeric:
+        if column.min is not None or column.max is not None:
+            return None
+        if column.values is not None and len(present):
+            allowed = pa.array(sorted({x for x in column.values if isinstance(x, str)}), pa.string())
+            if not pc.all(pc.is_in(present, value_set=allowed)).as_py():
+                return None
+        return pd.Series(cells.to_numpy(zero_copy_only=False), dtype=object)
+    try:
+        if column.type == "int":  # as validation._parse: through float64, then Int64
+            numbers = cells.cast(pa.int64()).cast(pa.float64())
+            typed = numbers.cast(pa.int64())
+        else:
+            numbers = typed = cells.cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    values = numbers.drop_null()
+    if len(values):
+        if not pc.all(pc.is_finite(values)).as_py():
+            return None
+        low, high = pc.min_max(values).values()
+        if column.min is not None and low.as_py() < column.min:
+            return None
+        if column.max is not None and high.as_py() > column.max:
+            return None
+        if column.values is not None:
+            allowed_numbers = [
+                float(x) for x in column.values if isinstance(x, int | float) and not isinstance(x, bool)
+            ]
+            if not pc.all(pc.is_in(values, value_set=pa.array(allowed_numbers, pa.float64()))).as_py():
+                return None
+    if column.type == "int":
+        return typed.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return pd.Series(typed.to_numpy(zero_copy_only=False), dtype="float64")
 
 
 def _parquet_chunks(
@@ -297,6 +362,35 @@ class _Validator:
         for violation in column_violations:
             self.add(violation)
 
+    def clean_chunk(self, cells: _Cells) -> pd.DataFrame | None:
+        """The typed canonical table of a chunk all of whose rows are valid, else None.
+
+        None says only "not known to be clean": ``chunk`` then validates it the exact way.
+        """
+        if len(self.mapping) != len(self.contract.columns):
+            return None
+        by_name = dict(zip(cells.names, cells.columns, strict=True))
+        typed: dict[str, pd.Series] = {}
+        for file_column, name in self.mapping.items():
+            parsed = _clean_column(self.contract.column(name), by_name[file_column])
+            if parsed is None:
+                return None
+            typed[name] = parsed
+        n = len(cells.columns[0]) if cells.columns else 0
+        self._count(typed, np.zeros(n, dtype=bool))
+        return pd.DataFrame({c.name: typed[c.name] for c in self.contract.columns})
+
+    def _count(self, typed: dict[str, pd.Series], bad: np.ndarray) -> None:
+        offset = self.result.rows_in
+        key = typed.get(self.contract.entity_key)
+        if key is not None:
+            present = key.notna().to_numpy()
+            self.keys.append(key[present].to_numpy(dtype="int64"))
+            self.key_rows.append(np.flatnonzero(present) + offset)
+        self.rejected.append(np.flatnonzero(bad) + offset)
+        self.result.rows_in += len(bad)
+        self.result.chunks += 1
+
     def chunk(self, raw: pd.DataFrame) -> tuple[pd.DataFrame | None, np.ndarray]:
         """Validate one chunk; its typed canonical table (all columns mapped) and bad positions."""
         offset = self.result.rows_in
@@ -311,14 +405,7 @@ class _Validator:
             for violation in filter(None, [type_violation, *_row_rules(column, raw[file_column], parsed)]):
                 self.add(_offset(violation, offset))
                 bad[[r - 1 for r in violation.rows]] = True
-        key = typed.get(self.contract.entity_key)
-        if key is not None:
-            present = key.notna().to_numpy()
-            self.keys.append(key[present].to_numpy(dtype="int64"))
-            self.key_rows.append(np.flatnonzero(present) + offset)
-        self.rejected.append(np.flatnonzero(bad) + offset)
-        self.result.rows_in += n
-        self.result.chunks += 1
+        self._count(typed, bad)
         table = (
             pd.DataFrame({c.name: typed[c.name] for c in self.contract.columns})
             if len(typed) == len(self.contract.columns)
@@ -426,8 +513,13 @@ def _streamed(
         else:
             names, chunks = _parquet_chunks(path, chunk_rows)
         validator.map_columns(names)
-        for raw, batch in chunks:
-            table, bad = validator.chunk(raw)
+        for cells, batch in chunks:
+            clean = validator.clean_chunk(cells) if isinstance(cells, _Cells) else None
+            if clean is not None:
+                table, bad = clean, np.zeros(len(clean), dtype=bool)
+            else:
+                raw = cells.frame() if isinstance(cells, _Cells) else cells
+                table, bad = validator.chunk(raw)
             if bad.any():
                 if fmt == "csv":
                     with open(rejected_path, "a", newline="") as out:
@@ -437,7 +529,7 @@ def _streamed(
                     rejected_writer.write_batch(batch.take(pa.array(np.flatnonzero(bad))))
             if validator.file_rejected or table is None:
                 continue
-            frame = v.offline_frame(contract, table[~bad])
+            frame = v.offline_frame(contract, table[~bad] if bad.any() else table)
             if writer is None:  # the pandas metadata (nullable ints stay Int64 when read back)
                 schema = schema.with_metadata(pa.Schema.from_pandas(frame, preserve_index=False).metadata)
                 writer = pq.ParquetWriter(offline_path, schema)
