@@ -169,6 +169,51 @@ def test_store_dedupes_joins_labels_and_rebuilds(store_location: Path | str) -> 
     store.close()
 
 
+def test_label_events_join_by_request_id_and_keep_unknown_ids_for_a_late_join(
+    store_location: Path | str,
+) -> None:
+    store = MonitorStore(store_location)
+    at = "2026-01-01T00:00:00+00:00"
+    assert store.add_prediction(StoredPrediction("e1", "r1", None, "m", "1", 0.9, 1, at, {"x": 1}))
+    touched, pending = store.join_label_event([("r1", 1), ("late", 0)], "event:/t#1")
+    assert (touched, pending) == ({("m", "1")}, ["late"])
+    assert store.pending_labels() == {"late": 0}
+    assert [r.truth for r in store.labelled_rows("event:/t#1")] == [1]
+    # the same event again (a redelivery past the runtime's dedupe): the same rows, no double count
+    assert store.join_label_event([("r1", 1), ("late", 0)], "event:/t#1") == ({("m", "1")}, ["late"])
+    assert len(store.labelled_window("m", "1", 10)) == 1
+    # the prediction arrives; the next label event (another replica, same store) takes the pending
+    # label exactly once, into its own rows
+    assert store.add_prediction(StoredPrediction("e2", "late", None, "m", "1", 0.2, 0, at, {"x": 2}))
+    other = MonitorStore(store_location)
+    assert other.join_label_event([("r1", 0)], "event:/t#2") == ({("m", "1")}, [])
+    assert store.join_label_event([("r9", 1)], "event:/t#3") == (set(), ["r9"])
+    assert other.pending_labels() == {"r9": 1}
+    rows = other.labelled_rows("event:/t#2")
+    assert sorted((r.inputs["x"], r.truth) for r in rows) == [(1, 0), (2, 0)]
+    assert store.labelled_rows("event:/t#3") == []
+    other.close()
+    store.close()
+
+
+def test_a_label_outside_the_contract_domain_rejects_the_whole_event(tmp_path: Path) -> None:
+    from events import LabelRecorded
+    from functions.monitor.handler import Monitor
+    from shared.errors import EventRejected
+
+    monitor = Monitor.__new__(Monitor)  # only the contract and the store: no S3 is reached
+    monitor.contract = CONTRACT
+    monitor.store = MonitorStore(tmp_path / "m.db")
+    assert monitor.label_domain() == (0, 1)
+    event = LabelRecorded(
+        labels=[{"request_id": "r1", "truth": 1}, {"request_id": "r2", "truth": 7}]
+    ).to_event(source="/tests", id="bad-1")
+    with pytest.raises(EventRejected, match=r"label domain \[0, 1\].*'r2', 7.*nothing applied"):
+        monitor.on_label_event(event)
+    assert monitor.store.pending_labels() == {} and monitor.store.labelled_rows("event:/tests#bad-1") == []
+    monitor.store.close()
+
+
 def test_labels_csv_and_metrics() -> None:
     labels, skipped = parse_labels_csv(b"request_id,udi,machine_failure\nr1,,1\n,42,0\nr3,,maybe\n,,1\n")
     assert labels == [("request_id", "r1", 1), ("udi", "42", 0)] and skipped == 2
