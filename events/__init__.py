@@ -17,6 +17,8 @@ from events.envelope import EventData, new_event, rfc3339
 from events.errors import EventDataError, UnknownEventType
 from events.model_events import (
     Gate,
+    Label,
+    LabelRecorded,
     ModelMetrics,
     ModelPromoted,
     ModelRegistered,
@@ -60,6 +62,8 @@ __all__ = [
     "EventSpec",
     "FeaturesMaterialised",
     "Gate",
+    "Label",
+    "LabelRecorded",
     "ModelMetrics",
     "ModelPromoted",
     "ModelRegistered",

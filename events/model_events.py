@@ -10,6 +10,8 @@ from events.envelope import EventData
 
 __all__ = [
     "Gate",
+    "Label",
+    "LabelRecorded",
     "ModelMetrics",
     "ModelPromoted",
     "ModelRegistered",
@@ -43,6 +45,11 @@ class RolloutTag(TypedDict):
     variant: Literal["champion", "candidate", "shadow"]
     candidate_version: str
     candidate_error: NotRequired[bool]
+
+
+class Label(TypedDict):
+    request_id: str
+    truth: int
 
 
 class PredictionOutput(TypedDict):
@@ -112,3 +119,12 @@ class PredictionLogged(EventData):
     output: PredictionOutput
     latency_ms: float
     rollout: RolloutTag | None = None
+
+
+@register
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LabelRecorded(EventData):
+    """Ground truth for served predictions, joined by request id (labeller -> monitor)."""
+
+    TYPE: ClassVar[str] = "dev.faaspipe.label.recorded.v1"
+    labels: list[Label]

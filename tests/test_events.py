@@ -155,6 +155,7 @@ EXAMPLES: list[EventData] = [
         decided_by="promote",
         decided_at=T0,
     ),
+    events.LabelRecorded(labels=[{"request_id": "req-1", "truth": 1}, {"request_id": "req-2", "truth": 0}]),
     events.PredictionLogged(
         request_id="req-1",
         model_name="credit-default",
@@ -276,7 +277,7 @@ def _walk_schemas(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str,
 
 
 def test_catalogue_has_every_type_and_an_example_per_type() -> None:
-    assert len(EVENT_TYPES) == 22
+    assert len(EVENT_TYPES) == 23
     assert set(BY_TYPE) == set(EVENT_TYPES)
     assert {p.name.removesuffix(".json") for p in SCHEMA_DIR.glob("*.json")} == set(EVENT_TYPES)
 
@@ -499,6 +500,8 @@ BAD: list[tuple[str, str, Any, str, str]] = [
     ("dev.faaspipe.model.promoted.v1", "gates.1.passed", "yes", "gates.1.passed", "is not of type 'boolean'"),
     ("dev.faaspipe.model.promoted.v1", "alias", "Champion!", "alias", "does not match"),
     ("dev.faaspipe.model.rejected.v1", "reasons", [], "reasons", "should be non-empty"),
+    ("dev.faaspipe.label.recorded.v1", "labels", [], "labels", "should be non-empty"),
+    ("dev.faaspipe.label.recorded.v1", "labels.0.truth", "yes", "labels.0.truth", "is not of type"),
     ("dev.faaspipe.prediction.logged.v1", "output.probability", 1.2, "output.probability", "maximum"),
     ("dev.faaspipe.prediction.logged.v1", "output.label", 2, "output.label", "is not one of"),
     ("dev.faaspipe.prediction.logged.v1", "output.label", True, "output.label", "is not one of"),

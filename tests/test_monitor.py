@@ -169,6 +169,51 @@ def test_store_dedupes_joins_labels_and_rebuilds(store_location: Path | str) -> 
     store.close()
 
 
+def test_label_events_join_by_request_id_and_keep_unknown_ids_for_a_late_join(
+    store_location: Path | str,
+) -> None:
+    store = MonitorStore(store_location)
+    at = "2026-01-01T00:00:00+00:00"
+    assert store.add_prediction(StoredPrediction("e1", "r1", None, "m", "1", 0.9, 1, at, {"x": 1}))
+    touched, pending = store.join_label_event([("r1", 1), ("late", 0)], "event:/t#1")
+    assert (touched, pending) == ({("m", "1")}, ["late"])
+    assert store.pending_labels() == {"late": 0}
+    assert [r.truth for r in store.labelled_rows("event:/t#1")] == [1]
+    # the same event again (a redelivery past the runtime's dedupe): the same rows, no double count
+    assert store.join_label_event([("r1", 1), ("late", 0)], "event:/t#1") == ({("m", "1")}, ["late"])
+    assert len(store.labelled_window("m", "1", 10)) == 1
+    # the prediction arrives; the next label event (another replica, same store) takes the pending
+    # label exactly once, into its own rows
+    assert store.add_prediction(StoredPrediction("e2", "late", None, "m", "1", 0.2, 0, at, {"x": 2}))
+    other = MonitorStore(store_location)
+    assert other.join_label_event([("r1", 0)], "event:/t#2") == ({("m", "1")}, [])
+    assert store.join_label_event([("r9", 1)], "event:/t#3") == (set(), ["r9"])
+    assert other.pending_labels() == {"r9": 1}
+    rows = other.labelled_rows("event:/t#2")
+    assert sorted((r.inputs["x"], r.truth) for r in rows) == [(1, 0), (2, 0)]
+    assert store.labelled_rows("event:/t#3") == []
+    other.close()
+    store.close()
+
+
+def test_a_label_outside_the_contract_domain_rejects_the_whole_event(tmp_path: Path) -> None:
+    from events import LabelRecorded
+    from functions.monitor.handler import Monitor
+    from shared.errors import EventRejected
+
+    monitor = Monitor.__new__(Monitor)  # only the contract and the store: no S3 is reached
+    monitor.contract = CONTRACT
+    monitor.store = MonitorStore(tmp_path / "m.db")
+    assert monitor.label_domain() == (0, 1)
+    event = LabelRecorded(
+        labels=[{"request_id": "r1", "truth": 1}, {"request_id": "r2", "truth": 7}]
+    ).to_event(source="/tests", id="bad-1")
+    with pytest.raises(EventRejected, match=r"label domain \[0, 1\].*'r2', 7.*nothing applied"):
+        monitor.on_label_event(event)
+    assert monitor.store.pending_labels() == {} and monitor.store.labelled_rows("event:/tests#bad-1") == []
+    monitor.store.close()
+
+
 def test_labels_csv_and_metrics() -> None:
     labels, skipped = parse_labels_csv(b"request_id,udi,machine_failure\nr1,,1\n,42,0\nr3,,maybe\n,,1\n")
     assert labels == [("request_id", "r1", 1), ("udi", "42", 0)] and skipped == 2
@@ -363,3 +408,86 @@ def test_performance_drift_from_a_labels_file(serving: Stack, monitored: str) ->
     data = event["data"]
     assert data["metric"]["name"] == "roc_auc" and data["metric"]["value"] < 0.5 < data["metric"]["reference"]
     assert data["p_values"] == {} and data["drifted_features"] == [] and data["window"]["size"] == 200
+
+
+def _production_file(stack: Stack, event_source: str, event_id: str) -> str | None:
+    """The production file a label event's rows were written to (its key names the event)."""
+    from functions.monitor.handler import NAMESPACE
+
+    digest = uuid.uuid5(NAMESPACE, f"labels/{event_source}/{event_id}").hex[:12]
+    prefix = f"{layout.production_prefix(CONTRACT.landing_prefix)}events-{digest}-"
+    keys = [str(o.object_name) for o in stack.s3().list_objects(layout.LANDING, prefix=prefix)]
+    return keys[0] if keys else None
+
+
+def _csv_rows(stack: Stack, key: str) -> list[dict[str, str]]:
+    import csv
+
+    return list(csv.DictReader(io.StringIO(_raw(stack, key).decode())))
+
+
+@pytest.mark.integration
+def test_labels_posted_as_events_become_production_data(serving: Stack, monitored: str) -> None:
+    """label.recorded events join the prediction log by request id into a production file that
+    ingest validates; a label before its prediction waits and joins with a later event; a truth
+    outside the contract's domain is dead-lettered with the reason."""
+    from events import LabelRecorded
+    from functions.monitor import production
+
+    rows = _sample(21, 4)
+    tag = uuid.uuid4().hex[:8]
+    _predict(serving, rows[:3], f"lab-{tag}-a")
+    wait_until(lambda: _stored(serving, f"lab-{tag}-a") == 3, 60, interval=0.5, what="3 stored predictions")
+    source = "/tests/test_monitor"
+    truth = {f"lab-{tag}-a-{i}": int(r["machine_failure"]) for i, r in enumerate(rows[:3])}
+    first = LabelRecorded(
+        labels=[{"request_id": k, "truth": v} for k, v in truth.items()]
+        + [{"request_id": f"lab-{tag}-b", "truth": 1}]  # its prediction is not logged yet
+    ).to_event(source=source, id=f"lab-{tag}-1")
+    assert serving.post_event(first).status == 202
+    key = wait_until(lambda: _production_file(serving, source, first.get_id()), 60, what="production file 1")
+    written = _csv_rows(serving, key)
+    assert sorted(r["Machine failure"] for r in written) == sorted(str(v) for v in truth.values())
+    assert sorted(float(r["Torque [Nm]"]) for r in written) == sorted(float(r["torque_nm"]) for r in rows[:3])
+    # validated by ingest like any file: a production dataset version named after its bytes
+    file = production.ProductionFile(CONTRACT.name, key, production.dataset_version(_raw(serving, key)), 3)
+    assert wait_until(lambda: production.ingest_outcome(serving.s3(), file), 120, what="ingest") == "ingested"
+
+    _predict(serving, rows[3:], f"lab-{tag}-b")  # one instance: logged under the request id itself
+    wait_until(lambda: _stored(serving, f"lab-{tag}-b") == 1, 60, interval=0.5, what="the late prediction")
+    second = LabelRecorded(labels=[{"request_id": f"lab-{tag}-a-0", "truth": 1}]).to_event(
+        source=source, id=f"lab-{tag}-2"
+    )
+    assert serving.post_event(second).status == 202
+    key2 = wait_until(
+        lambda: _production_file(serving, source, second.get_id()), 60, what="production file 2"
+    )
+    late = _csv_rows(serving, key2)
+    assert sorted(r["Machine failure"] for r in late) == ["1", "1"]  # a-0 relabelled, b joined late
+    assert sorted(float(r["Torque [Nm]"]) for r in late) == sorted(
+        float(rows[i]["torque_nm"]) for i in (0, 3)
+    )
+
+    bad = LabelRecorded(labels=[{"request_id": f"lab-{tag}-a-1", "truth": 7}]).to_event(
+        source=source, id=f"lab-{tag}-bad"
+    )
+    assert serving.post_event(bad).status == 202
+
+    def dead_letter() -> dict[str, Any] | None:
+        out = serving.cli("dlq", "list", "--json")
+        assert out.returncode == 0, out.stderr
+        return next((d for d in json.loads(out.stdout) if d["id"] == bad.get_id()), None)
+
+    letter = wait_until(dead_letter, 60, interval=1, what="the rejected label event's dead letter")
+    assert letter["trigger"] == "monitor-label-events" and letter["code"] == "422"
+    assert "label domain [0, 1]" in letter["error"]
+    assert _production_file(serving, source, bad.get_id()) is None
+
+
+def _raw(stack: Stack, key: str) -> bytes:
+    resp = stack.s3().get_object(layout.LANDING, key)
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()

@@ -280,10 +280,32 @@ def test_reporter_records_decides_and_keeps_its_decision_over_a_redelivery() -> 
         Reporter(store, "s", n, pruner="successive_halving", report_every=20)(20, 0.999)
     resumed = Reporter(store, "s", 5, pruner="successive_halving", report_every=20)
     assert not resumed(20, 0.995)
-    # pruner none: records, never reads the others, never prunes
-    plain = Reporter(store, "s", 12, pruner="none", report_every=20)
+
+
+def test_reporter_without_pruning_shares_nothing() -> None:
+    """Pruner ``none``: the scores stay in the trial (for its MLflow run); no record is read or
+    written and no progress is reported (so no ``tuning.trial.progress``)."""
+    from functions.trial.progress import MemoryProgressStore, Reporter
+
+    class Untouchable(MemoryProgressStore):
+        def get(self, study_id: str, number: int):  # type: ignore[no-untyped-def]
+            raise AssertionError("read a record with pruning off")
+
+        def put(self, study_id: str, doc) -> None:  # type: ignore[no-untyped-def]
+            raise AssertionError("wrote a record with pruning off")
+
+        def all(self, study_id: str) -> list:  # type: ignore[type-arg]
+            raise AssertionError("read the records with pruning off")
+
+    seen: list[tuple[int, float, bool]] = []
+    plain = Reporter(
+        Untouchable(), "s", 12, pruner="none", report_every=20, on_report=lambda *a: seen.append(a)
+    )
     assert not plain(20, 0.1)
-    assert store.get("s", 12).values == {20: 0.1}  # type: ignore[union-attr]
+    assert not plain(40, 0.2)
+    plain.finish("complete")
+    assert seen == []
+    assert plain.doc.values == {20: 0.1, 40: 0.2} and plain.doc.state == "complete"
 
 
 def test_reporter_turns_store_errors_into_a_retry() -> None:

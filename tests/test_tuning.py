@@ -455,9 +455,12 @@ def test_redelivered_study_completion_registers_nothing_new(
     assert [v.version for v in versions] == [registered["data"]["version"]]
 
 
-def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version: str) -> None:
-    """A study with successive halving, four trials done well: the fifth, a real trial, is
-    pruned at its first checkpoint; events (progress, finished, completed) and MLflow say so."""
+def _seeded_study(
+    stack: Any, dataset_version: str, pruner: str, done: int, record: dict[str, Any]
+) -> tuple[str, Any, Any]:
+    """A study of ``done`` + 1 trials whose first ``done`` finished with a score no real trial
+    reaches at 10 rounds (their progress ``record`` as the trial function writes it), the last
+    one requested and left to a real trial. Returns (study id, its config, its parent run)."""
     from mlflow import MlflowClient
 
     from functions.tune import study as study_logic
@@ -477,7 +480,7 @@ def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version:
     for key in keys.values():
         stack.s3().put_object(layout.MODELS, key, io.BytesIO(data), len(data))
     config = study_logic.StudyConfig(
-        n_trials=5, parallelism=1, patience=0, pruner="successive_halving", pruner_report_every=10
+        n_trials=done + 1, parallelism=1, patience=0, pruner=pruner, pruner_report_every=10
     )
     state = study_logic.new_state(
         study_id=study_id,
@@ -490,16 +493,20 @@ def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version:
         config=config,
         space=[d.to_doc() for d in XGBOOST_SPACE],
         initial_points=[],
-        data={"train_key": keys["train"], "holdout_key": keys["holdout"], "checksum": "test"},
+        data={
+            "train_key": keys["train"],
+            "holdout_key": keys["holdout"],
+            "checksum": hashlib.sha256(data).hexdigest(),
+        },
         mlflow={"experiment_id": experiment_id, "parent_run_id": parent.info.run_id},
         created_at="2026-01-01T00:00:00Z",
         now=time.time(),
     )
     x = point_of(XGBOOST_SPACE, XGBOOST_DEFAULTS)
-    for number in range(5):
+    for number in range(done + 1):
         study_logic.add_request(state, x, dict(XGBOOST_DEFAULTS), at="2026-01-01T00:00:00Z")
         state["trials"][number]["emitted"] = True
-    for number in range(4):  # four trials finished with a score no real trial reaches at 10 rounds
+    for number in range(done):
         result = {
             "trial_number": number,
             "status": "ok",
@@ -508,25 +515,40 @@ def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version:
             "duration_s": 1.0,
         }
         study_logic.record_result(state, result, at="2026-01-01T00:00:00Z")
-        record = {"number": number, "state": "complete", "values": {"10": 0.9999}, "rungs": {"0": 0.9999}}
-        body = json.dumps(record).encode()
+        body = json.dumps({"number": number, **record}).encode()
         stack.s3().put_object(
             layout.MODELS, layout.study_progress(study_id, number), io.BytesIO(body), len(body)
         )
     body = json.dumps(state).encode()
     stack.s3().put_object(layout.MODELS, layout.study_state(study_id), io.BytesIO(body), len(body))
+    return study_id, config, parent
+
+
+def _request_trial(stack: Any, study_id: str, number: int, dataset_version: str, config: Any) -> None:
+    from functions.tune.space import XGBOOST_DEFAULTS
 
     request = TrialRequested(
         study_id=study_id,
-        trial_number=4,
+        trial_number=number,
         params=dict(XGBOOST_DEFAULTS),
         dataset_version=dataset_version,
         feature_view=CONTRACT.feature_view,
         seed=config.seed,
-        pruner="successive_halving",
+        pruner=config.pruner,
         report_every=10,
-    ).to_event(source="/tests/test_tuning", subject=study_id, id=f"{study_id}.trial.4")
+    ).to_event(source="/tests/test_tuning", subject=study_id, id=f"{study_id}.trial.{number}")
     assert stack.post_event(request).status == 202
+
+
+def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version: str) -> None:
+    """A study with successive halving, four trials done well: the fifth, a real trial, is
+    pruned at its first checkpoint; events (progress, finished, completed) and MLflow say so."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
+    record = {"state": "complete", "values": {"10": 0.9999}, "rungs": {"0": 0.9999}}
+    study_id, config, parent = _seeded_study(stack, dataset_version, "successive_halving", 4, record)
+    _request_trial(stack, study_id, 4, dataset_version, config)
 
     [completed] = wait_until(
         lambda: ml_records(stack, "mlrec-study-completed", study_id),
@@ -557,3 +579,49 @@ def test_pruner_stops_a_losing_trial_and_records_it(stack: Any, dataset_version:
     assert run.data.metrics["pruned_cv_roc_auc"] == pytest.approx(finished["score"])
     assert run.data.metrics["cpu_s"] > 0
     assert run.data.params["pruner"] == "successive_halving"
+
+
+def test_median_pruner_prunes_a_losing_trial_and_the_study_still_completes(
+    stack: Any, dataset_version: str
+) -> None:
+    """The median rule (Optuna's defaults: 5 startup trials): five trials completed well, the
+    sixth, a real trial, is below their median at its first checkpoint and pruned; MLflow
+    records it KILLED with the prune tags, and the study completes with its best (unpruned)
+    trial as the champion's parameters."""
+    from mlflow import MlflowClient
+
+    from functions.tune.space import XGBOOST_DEFAULTS
+
+    client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
+    record = {"state": "complete", "values": {"10": 0.9999}, "rungs": {}}
+    study_id, config, parent = _seeded_study(stack, dataset_version, "median", 5, record)
+    _request_trial(stack, study_id, 5, dataset_version, config)
+
+    [completed] = wait_until(
+        lambda: ml_records(stack, "mlrec-study-completed", study_id),
+        timeout=CHAIN_TIMEOUT_S,
+        interval=1.0,
+        what=f"study {study_id} to complete",
+    )
+    data = completed["data"]
+    assert (data["n_pruned"], data["n_trials"]) == (1, 6)
+    assert data["best_score"] == pytest.approx(0.9999) and data["best_params"] == dict(XGBOOST_DEFAULTS)
+    [finished] = [r["data"] for r in ml_records(stack, "mlrec-trial-finished", study_id)]
+    assert (finished["status"], finished["pruned_step"], finished["trial_number"]) == ("pruned", 10, 5)
+    progress = wait_until(
+        lambda: ml_records(stack, "mlrec-trial-progress", study_id),
+        timeout=30,
+        what="the trial's progress event",
+    )
+    assert [(p["data"]["step"], p["data"]["pruner"], p["data"]["pruned"]) for p in progress] == [
+        (10, "median", True)
+    ]
+    stored = s3_json(stack, layout.MODELS, layout.study_progress(study_id, 5))
+    assert (stored["state"], stored["pruned_step"], stored["rungs"]) == ("pruned", 10, {})
+
+    run = client.get_run(finished["run_id"])
+    assert run.info.status == "KILLED" and run.data.params["pruner"] == "median"
+    assert run.data.tags["faaspipe.status"] == "pruned" and run.data.tags["faaspipe.pruned_step"] == "10"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.metrics["pruned_cv_roc_auc"] == pytest.approx(finished["score"])
+    assert 0.5 < finished["score"] < 0.9999

@@ -15,6 +15,13 @@
   ingest validates them into a dataset version of origin ``production``, the training data
   of the retrain; a performance drift is announced once that file was ingested (or after
   ``FAASPIPE_PRODUCTION_INGEST_WAIT_S``), so the retrain it starts finds it.
+* ``dev.faaspipe.label.recorded.v1`` (one label or a small batch, by request id) → the same
+  as a labels file: joined on the stored predictions, performance checked, the labelled rows
+  written as a production file (stem ``events-<hash of source+id>``), so ingest validates them
+  into the same ``production`` dataset. A truth outside the contract's label domain rejects
+  the whole event (422, dead-lettered with the reason: nothing of it applied, nothing lost); a
+  request id no stored prediction has yet is kept pending in the store and joined by a later
+  label event once its prediction arrived (the prediction log is asynchronous).
 * a prediction logged during a rollout (``rollout`` set) is also kept as a rollout
   observation; a timer (``FAASPIPE_ROLLOUT_CHECK_SECONDS``, default 2) judges each undecided
   rollout against its registry tag (``rollout.py``) and emits ``dev.faaspipe.rollout.decided.v1``
@@ -48,7 +55,7 @@ from typing import Any
 from minio.error import S3Error
 from prometheus_client import Counter, Gauge, Histogram
 
-from events import DriftDetected, ObjectCreated, PredictionLogged, RolloutDecided, rfc3339
+from events import DriftDetected, LabelRecorded, ObjectCreated, PredictionLogged, RolloutDecided, rfc3339
 from functions.monitor import production
 from functions.monitor import rollout as judge
 from functions.monitor.drift import DETECTOR_NAME, ReferenceCache
@@ -84,6 +91,9 @@ CHECKS = Counter(
 )
 CHECK_SECONDS = Histogram("faaspipe_monitor_check_seconds", "Duration of a drift check", ["kind"])
 LABELS_JOINED = Counter("faaspipe_monitor_labels_joined_total", "Labels joined on a stored prediction")
+LABELS_PENDING = Counter(
+    "faaspipe_monitor_labels_pending_total", "Posted labels kept for a prediction not stored yet"
+)
 ROLLOUT_DECISIONS = Counter(
     "faaspipe_monitor_rollout_decisions_total", "Rollouts decided on live signals", ["model", "decision"]
 )
@@ -331,9 +341,6 @@ class Monitor:
         labels_object = f"{created.key}@{created.version}"
         touched = self.store.join_labels(labels, labels_object)
         LABELS_JOINED.inc(len(labels))
-        files = production.write_production(
-            self.s3, self.store.labelled_rows(labels_object), created.key, self.production
-        )
         log.info(
             "labels s3://%s/%s: %d rows (%d skipped), model versions %s",
             created.bucket,
@@ -341,6 +348,46 @@ class Monitor:
             len(labels),
             skipped,
             sorted(touched),
+        )
+        return self._after_join(event, labels_object, created.key, touched)
+
+    def label_domain(self) -> tuple[int, ...]:
+        """The truths the contract's label column admits."""
+        values = self.contract.column(self.contract.label).values
+        return tuple(int(v) for v in values) if values else (0, 1)
+
+    def on_label_event(self, event: CloudEvent) -> CloudEvent | None:
+        """``label.recorded``: join by request id, like a labels file (see the module docstring)."""
+        recorded = LabelRecorded.from_event(event)
+        domain = self.label_domain()
+        bad = [(x["request_id"], x["truth"]) for x in recorded.labels if x["truth"] not in domain]
+        if bad:
+            raise EventRejected(
+                f"label event {event.get_source()}#{event.get_id()}: truth not in the {self.contract.ref}"
+                f" label domain {list(domain)} for {len(bad)} label(s), e.g. {bad[:5]}; nothing applied"
+            )
+        digest = uuid.uuid5(NAMESPACE, f"labels/{event.get_source()}/{event.get_id()}").hex[:12]
+        labels_object = f"event:{event.get_source()}#{event.get_id()}"
+        latest = {x["request_id"]: int(x["truth"]) for x in recorded.labels}  # a repeated id: the last wins
+        touched, pending = self.store.join_label_event(list(latest.items()), labels_object)
+        LABELS_JOINED.inc(len(latest) - len(pending))
+        LABELS_PENDING.inc(len(pending))
+        log.info(
+            "label event %s: %d labels, %d kept pending (no prediction yet, e.g. %s), model versions %s",
+            labels_object,
+            len(latest),
+            len(pending),
+            pending[:3],
+            sorted(touched),
+        )
+        return self._after_join(event, labels_object, f"events-{digest}", touched)
+
+    def _after_join(
+        self, event: CloudEvent, labels_object: str, labels_key: str, touched: set[tuple[str, str]]
+    ) -> CloudEvent | None:
+        """The labelled rows as a production file, then the performance checks they allow."""
+        files = production.write_production(
+            self.s3, self.store.labelled_rows(labels_object), labels_key, self.production
         )
         events = [
             e for e in (self.check_performance(m, v, event) for m, v in sorted(touched)) if e is not None
@@ -444,4 +491,6 @@ def handle(event: CloudEvent) -> CloudEvent | None:
         return None
     if event.get_type() == ObjectCreated.TYPE:
         return _monitor.on_labels(event)
+    if event.get_type() == LabelRecorded.TYPE:
+        return _monitor.on_label_event(event)
     raise EventRejected(f"monitor does not handle {event.get_type()}")

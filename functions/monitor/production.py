@@ -1,7 +1,7 @@
 """Production data becomes training data: labelled predictions → a contract file in landing.
 
-When a labels file is joined on the stored predictions, the predictions it labelled (their
-inputs and the truth) are written as a CSV of the model's data contract to
+When a labels file or a ``label.recorded`` event is joined on the stored predictions, the
+predictions it labelled (their inputs and the truth) are written as a CSV of the model's data contract to
 ``landing/<dataset>/production/`` (``layout.production_prefix``). The normal ingest path
 validates it like any file (bad rows quarantined, a bad file rejected) and writes a dataset
 version of origin ``production`` to the offline store, which the training window of a retrain
@@ -13,8 +13,8 @@ reads (``functions/tune/window.py``).
 - columns a prediction does not carry are left empty when nullable; a non-nullable string
   column (AI4I's product id) gets the first of ``<category><udi>`` / ``<udi>`` its pattern
   accepts, else stays empty and the contract rejects the row.
-- the file's bytes depend only on the labelled rows, so a redelivered labels file writes the
-  same object again and ingest finds the same version.
+- the file's bytes depend only on the labelled rows, so a redelivered labels file (or label
+  event) writes the same object again and ingest finds the same version.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ when ``FAASPIPE_DATABASE_URL`` is set (the cluster: a pod's filesystem is lost o
   open windows after a restart, so a restart loses no window.
 * ``monitor_labelled``: predictions joined with ground truth from labels files (one row per
   prediction; a re-delivered labels file overwrites, never double-counts).
+* ``monitor_pending_labels``: labels posted as events (``label.recorded``) whose request id no
+  stored prediction has yet (the prediction log is a separate, asynchronous path): kept, one
+  per request id, and joined by a later label event once the prediction is stored.
 * ``monitor_rollout_observations``: the rows of a running rollout (champion, candidate and
   shadow answers, candidate failures; keyed by event id), with the truth a labels file gave
   their request; shadow rows live only here, never in ``monitor_predictions``.
@@ -59,6 +62,12 @@ CREATE TABLE IF NOT EXISTS monitor_labelled (
     labels_object TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS monitor_labelled_model ON monitor_labelled(model_name, model_version, predicted_at);
+CREATE TABLE IF NOT EXISTS monitor_pending_labels (
+    request_id TEXT PRIMARY KEY,
+    truth INTEGER NOT NULL,
+    labels_object TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS monitor_rollout_observations (
     seq {serial},
     event_id TEXT NOT NULL UNIQUE,
@@ -241,36 +250,87 @@ class MonitorStore:
 
         Returns the (model, version) pairs that got labelled rows.
         """
-        touched: set[tuple[str, str]] = set()
         with self.db.transaction():
-            for kind, key, truth in labels:
-                column = "request_id" if kind == "request_id" else "entity_id"
-                found, _ = self.db.execute(
-                    f"SELECT event_id, model_name, model_version, probability, label, predicted_at,"  # noqa: S608
-                    f" request_id FROM monitor_predictions WHERE {column} = ?"
-                    " ORDER BY predicted_at DESC, seq DESC LIMIT 1",
-                    (key,),
-                )
-                row = found[0] if found else None
-                request_id = key if kind == "request_id" else None if row is None else row[6]
-                if request_id is not None:
-                    self.db.execute(
-                        "UPDATE monitor_rollout_observations SET truth = ? WHERE request_id = ?",
-                        (truth, request_id),
-                    )
-                if row is None:
-                    continue
-                self.db.execute(
-                    "INSERT INTO monitor_labelled (event_id, model_name, model_version, probability, label,"
-                    " truth, predicted_at, labels_object) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (event_id) DO UPDATE SET model_name = excluded.model_name,"
-                    " model_version = excluded.model_version, probability = excluded.probability,"
-                    " label = excluded.label, truth = excluded.truth, predicted_at = excluded.predicted_at,"
-                    " labels_object = excluded.labels_object",
-                    (*row[:5], truth, row[5], labels_object),
-                )
-                touched.add((row[1], row[2]))
+            touched, _ = self._join(labels, labels_object)
         return touched
+
+    def _join(
+        self, labels: list[tuple[str, str, int]], labels_object: str
+    ) -> tuple[set[tuple[str, str]], set[str]]:
+        """``join_labels`` inside the caller's transaction; also the keys no prediction has."""
+        touched: set[tuple[str, str]] = set()
+        missing: set[str] = set()
+        for kind, key, truth in labels:
+            column = "request_id" if kind == "request_id" else "entity_id"
+            found, _ = self.db.execute(
+                f"SELECT event_id, model_name, model_version, probability, label, predicted_at,"  # noqa: S608
+                f" request_id FROM monitor_predictions WHERE {column} = ?"
+                " ORDER BY predicted_at DESC, seq DESC LIMIT 1",
+                (key,),
+            )
+            row = found[0] if found else None
+            request_id = key if kind == "request_id" else None if row is None else row[6]
+            if request_id is not None:
+                self.db.execute(
+                    "UPDATE monitor_rollout_observations SET truth = ? WHERE request_id = ?",
+                    (truth, request_id),
+                )
+            if row is None:
+                missing.add(key)
+                continue
+            self.db.execute(
+                "INSERT INTO monitor_labelled (event_id, model_name, model_version, probability, label,"
+                " truth, predicted_at, labels_object) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET model_name = excluded.model_name,"
+                " model_version = excluded.model_version, probability = excluded.probability,"
+                " label = excluded.label, truth = excluded.truth, predicted_at = excluded.predicted_at,"
+                " labels_object = excluded.labels_object",
+                (*row[:5], truth, row[5], labels_object),
+            )
+            touched.add((row[1], row[2]))
+        return touched, missing
+
+    def join_label_event(
+        self, labels: list[tuple[str, int]], labels_object: str, now: float | None = None
+    ) -> tuple[set[tuple[str, str]], list[str]]:
+        """Join the ``(request id, truth)`` of a label event, and the pending labels whose
+        prediction arrived since, under ``labels_object``; keep the unknown ones pending.
+
+        One transaction: a pending label is taken by exactly one event (the replica whose
+        delete removed it), so it lands in one production file. Returns the touched
+        (model, version) pairs and the request ids left pending."""
+        known = {request_id for request_id, _ in labels}
+        with self.db.transaction():
+            ready, _ = self.db.execute(
+                "SELECT l.request_id, l.truth, l.labels_object FROM monitor_pending_labels l"
+                " WHERE EXISTS (SELECT 1 FROM monitor_predictions p WHERE p.request_id = l.request_id)"
+                " ORDER BY l.received_at"
+            )
+            late = []
+            for request_id, truth, origin in ready:
+                _, taken = self.db.execute(
+                    "DELETE FROM monitor_pending_labels WHERE request_id = ? AND labels_object = ?",
+                    (request_id, origin),
+                )
+                if taken == 1 and request_id not in known:
+                    late.append(("request_id", str(request_id), int(truth)))
+            current = [("request_id", r, t) for r, t in labels]
+            touched, missing = self._join(late + current, labels_object)
+            pending = [r for _, r, _ in current if r in missing]
+            for request_id, truth in labels:
+                if request_id in missing:
+                    self.db.execute(
+                        "INSERT INTO monitor_pending_labels (request_id, truth, labels_object, received_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET truth = excluded.truth,"
+                        " labels_object = excluded.labels_object, received_at = excluded.received_at",
+                        (request_id, truth, labels_object, time.time() if now is None else now),
+                    )
+        return touched, pending
+
+    def pending_labels(self) -> dict[str, int]:
+        """Request id → truth of the labels still waiting for their prediction."""
+        rows, _ = self.db.execute("SELECT request_id, truth FROM monitor_pending_labels")
+        return {str(r): int(t) for r, t in rows}
 
     def labelled_window(self, model_name: str, model_version: str, size: int) -> list[LabelledRow]:
         """The latest ``size`` labelled predictions of a model version."""

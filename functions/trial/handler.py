@@ -9,7 +9,9 @@ Multi-fidelity: every ``report_every`` boosting rounds the trial records its bes
 so far in the study's shared progress records (``functions.trial.progress``, in S3), emits
 ``tuning.trial.progress`` and asks the study's pruner (``median`` | ``successive_halving``)
 whether to stop; a stopped trial replies ``status: pruned`` with the round, and its MLflow run
-ends KILLED with the tag ``faaspipe.status=pruned``. Every run logs ``cpu_s``, the trial's
+ends KILLED with the tag ``faaspipe.status=pruned``. With the pruner ``none`` a trial shares
+nothing: no progress records, no ``tuning.trial.progress`` (its scores by round are still logged
+in its MLflow run). Every run logs ``cpu_s``, the trial's
 process CPU time.
 
 Idempotency: the reply id is derived from (study, trial); a finished child run of the same

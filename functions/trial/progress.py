@@ -10,6 +10,10 @@ stays decided (as with Optuna's persistent storages).
 
 Each trial writes only its own object, so records never conflict; a record read while its
 trial writes it is simply a checkpoint older.
+
+With the pruner ``none`` nothing is shared: the reporter keeps the trial's scores in the process
+(they end up in its MLflow run) and neither reads nor writes records nor calls ``on_report``, so
+a study without pruning emits no ``tuning.trial.progress``.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ class Reporter:
         self.pruner = pruner
         self.report_every = report_every
         self.on_report = on_report
-        previous = store.get(study_id, number)
+        self.shared = pruner != "none"
+        previous = store.get(study_id, number) if self.shared else None
         # a redelivered trial keeps its completed rungs and an earlier prune decision
         self.doc = ProgressDoc(number=number)
         if previous is not None:
@@ -158,10 +163,10 @@ class Reporter:
     def _report(self, step: int, score: float) -> bool:
         doc = self.doc
         doc.values[step] = float(score)
+        if not self.shared:
+            return False  # no pruning: no shared record, no progress event
         if doc.pruned_step is not None and step >= doc.pruned_step:
             pruned = True  # decided before this trial was killed and redelivered
-        elif self.pruner == "none":
-            pruned = False
         else:
             others = [d.record() for d in self.store.all(self.study_id) if d.number != doc.number]
             pruned, doc.rungs = should_prune(
@@ -178,4 +183,6 @@ class Reporter:
         """The trial's end (``complete`` | ``failed``): a completed trial sets the median from now on."""
         if self.doc.state != "pruned":
             self.doc.state = state
+        if not self.shared:
+            return
         self.store.put(self.study_id, self.doc)
