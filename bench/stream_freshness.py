@@ -11,6 +11,10 @@ before a poll saw it is not counted (``observed`` says how many were). After k6 
 poller runs until the last reading is online, or none of the run's came for 15 s (at most
 600 s): ``drain_s`` is the time from k6's end to the last reading seen.
 
+``--paths`` also measures, in the same run, the readings topic (``kafka``): the same readings
+as records on ``faaspipe.readings`` (CloudEvents, Kafka binary binding), which stream-features
+reads itself in batches; a kafka-python producer paces them (k6 has no Kafka client).
+
     python -m bench.stream_freshness [--rates 200,1000] [--seconds 20] [--machines 200]
                                      [--paths cloudevents,kafka]
                                      [--port-base 22000] [--out bench/results/stream_freshness.json]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer
@@ -37,6 +38,7 @@ log = logging.getLogger("faaspipe.stream_features.consumer")
 FETCH_WAIT_MS = 20  # as the dispatcher: Tansu answers a group fetch when its wait runs out
 MAX_BACKOFF_S = 5.0
 SESSION_TIMEOUT_MS = 6000
+REPORT_EVERY_S = 10.0  # a log line with the batches, records and processing time since the last
 
 
 class ReadingsConsumer(threading.Thread):
@@ -98,10 +100,13 @@ class ReadingsConsumer(threading.Thread):
             consumer.subscribe([self.topic])
             self.ready.set()
             backoff = 0.0
+            window = {"batches": 0, "records": 0, "busy_s": 0.0, "since": time.monotonic()}
             while not self.stopping.is_set():
+                self._report(window)
                 batches = consumer.poll(timeout_ms=100, max_records=self.max_records)
                 if not batches:
                     continue
+                began = time.monotonic()
                 events = []
                 for tp, records in batches.items():
                     for record in records:
@@ -138,8 +143,26 @@ class ReadingsConsumer(threading.Thread):
                         "%s: commit failed (%s); the batch will be read again, harmlessly", self.topic, exc
                     )
                 self.batches += 1
+                window["batches"] += 1
+                window["records"] += sum(len(r) for r in batches.values())
+                window["busy_s"] += time.monotonic() - began
         finally:
             consumer.close(autocommit=False)
+
+    def _report(self, window: dict[str, float]) -> None:
+        elapsed = time.monotonic() - window["since"]
+        if elapsed < REPORT_EVERY_S:
+            return
+        if window["batches"]:
+            log.info(
+                "%s: %d records in %d batches in %.1f s (%.1f s processing them)",
+                self.topic,
+                window["records"],
+                window["batches"],
+                elapsed,
+                window["busy_s"],
+            )
+        window.update(batches=0, records=0, busy_s=0.0, since=time.monotonic())
 
     def stop(self) -> None:
         self.stopping.set()
