@@ -276,7 +276,7 @@ def test_streamed_rows_reach_the_offline_store(stream_stack: Stack) -> None:
 
 def test_readings_written_to_the_kafka_topic_are_streamed_too(stream_stack: Stack) -> None:
     """A sensor gateway producing to ``faaspipe.readings`` (Kafka binary binding), read by the
-    function's Kafka source: a good reading is online, a bad one rejected with its reason."""
+    function's own consumer: a good reading is online, a bad one rejected with its reason."""
     import kafka
 
     from shared.cloudevents_io import to_kafka
@@ -426,3 +426,33 @@ def test_a_model_trained_on_the_rolling_aggregates_scores_the_latest_ones(stream
     assert {k: features[k] for k in aggregates_of([*LOW, 70.0])} == pytest.approx(aggregates_of([*LOW, 70.0]))
     assert features["window_readings"] == 4
     assert predict(stream_stack, {"instances": [instance(features)]})["predictions"] == after["predictions"]
+
+
+def test_readings_produced_twice_to_the_topic_count_once(stream_stack: Stack) -> None:
+    """At-least-once from the producer (a gateway that re-sends a batch): the same records twice,
+    then one more reading, all keyed by the entity (one partition: read in order). When that
+    last one is online its window holds each reading once."""
+    import kafka
+
+    from shared.cloudevents_io import to_kafka
+
+    entity = fresh_entity()
+    start = datetime.now(UTC)
+    batch = [reading_event(entity, start + timedelta(seconds=i), torque_nm=50.0 + i) for i in range(3)]
+    last = reading_event(entity, start + timedelta(seconds=10), torque_nm=60.0)
+    producer = kafka.KafkaProducer(bootstrap_servers=stream_stack.config.kafka_bootstrap, acks="all")
+    try:
+        for event in (*batch, *batch, last):
+            _, headers, value = to_kafka(event)
+            producer.send("faaspipe.readings", key=str(entity).encode(), value=value, headers=headers)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    wanted = f"{SOURCE}/{last.get_id()}"
+    (row,) = wait_until(
+        lambda: [r for r in online(stream_stack, [entity]) if r and r["reading_id"] == wanted],
+        timeout=60,
+        what="the last Kafka reading online",
+    )
+    assert row["window_readings"] == 4
+    assert row["torque_nm_mean_10"] == statistics.mean([50.0, 51.0, 52.0, 60.0])

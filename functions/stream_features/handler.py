@@ -6,8 +6,8 @@ For each ``dev.faaspipe.sensor.reading.v1`` (data ``{"dataset", "reading"}``, th
 1. the dataset's contract must declare ``streaming:``; the reading is checked against it
    (``shared/contracts/streaming.py``: every field, one reason each). For a bad reading
    ``dev.faaspipe.sensor.reading.rejected.v1`` naming each field, rule and message is posted to
-   the broker (``shared.emit``: readings also come from the Kafka source on
-   ``faaspipe.readings``, whose replies are dropped), and nothing of it is written anywhere;
+   the broker (``shared.emit``: readings also come from the topic ``faaspipe.readings``, read
+   by ``consumer.py`` in batches, where there is no reply), and nothing of it is written anywhere;
 2. the reading (canonical + derived values) enters the entity's window in the state database
    (``shared/stream_windows.py``: shared by every replica, locked per entity; a redelivered
    reading, same ``source/id``, changes nothing);
@@ -18,7 +18,9 @@ For each ``dev.faaspipe.sensor.reading.v1`` (data ``{"dataset", "reading"}``, th
    ``FAASPIPE_STREAM_OFFLINE_ROWS`` rows or its oldest row waited ``FAASPIPE_STREAM_OFFLINE_SECONDS``
    (checked on each reading, and at start-up).
 
-No reply either way (``202``): a reply per accepted reading would double the broker's load.
+Deliveries from the broker's trigger join micro-batches of the requests in flight
+(``batcher.py``); records of the readings topic are processed a poll's batch at a time
+(:meth:`StreamFeatures.handle_batch`). No reply either way (``202``): a reply per accepted reading would double the broker's load.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from prometheus_client import Counter
 
 from events import SensorReading, SensorReadingRejected
 from functions.stream_features.batcher import Batcher
+from functions.stream_features.consumer import ReadingsConsumer
 from shared import feast_stream
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
@@ -53,13 +56,59 @@ READINGS = Counter("faaspipe_stream_readings_total", "Streamed readings", ["data
 class StreamFeatures:
     """The function's state: the shared window store and the offline flush thresholds."""
 
-    def __init__(self, store: WindowStore, offline_rows: int, offline_seconds: float) -> None:
+    def __init__(
+        self,
+        store: WindowStore,
+        offline_rows: int,
+        offline_seconds: float,
+        push: Callable[[Contract, list[tuple[int, list[Reading]]]], list[dict[str, Any]]] | None = None,
+        post: Callable[[CloudEvent], None] = emit,
+    ) -> None:
         self.store = store
         self.offline_rows = offline_rows
         self.offline_seconds = offline_seconds
+        self.push = push or publish  # the online push of a batch's windows (Feast)
+        self.post = post  # where rejections go (the broker)
+        self.consumer: ReadingsConsumer | None = None  # the readings topic's, when there is one
         self.batcher: Batcher[tuple[Contract, int, Reading]] = Batcher(self._process)
 
     def handle(self, event: CloudEvent) -> CloudEvent | None:
+        """One delivery (the broker's trigger): waits for the micro-batch it joins."""
+        item = self.check(event)
+        if item is not None:
+            new = self.batcher.submit(item)
+            READINGS.labels(item[0].name, "accepted" if new else "duplicate").inc()
+        return None
+
+    def handle_batch(self, events: Sequence[CloudEvent]) -> list[str]:
+        """Records read from the readings topic, as one batch: each reading is checked on its
+        own (a bad one is rejected with its reasons, its neighbours go on), the good ones enter
+        their windows in one transaction per dataset with one online push. Returns per event
+        ``accepted``, ``duplicate`` (a redelivered reading: nothing changes) or ``rejected``.
+        Raises if the batch could not be written (nothing of it then is; the caller retries)."""
+        outcomes = ["rejected"] * len(events)
+        items: list[tuple[Contract, int, Reading]] = []
+        positions: list[int] = []
+        for i, event in enumerate(events):
+            try:
+                item = self.check(event)
+            except ValueError as exc:  # data that is not a sensor.reading at all
+                data = event.get_data()
+                named = data.get("dataset") if isinstance(data, dict) else None
+                dataset = named if isinstance(named, str) and named else "unknown"
+                self._reject(event, dataset, None, [Reason(None, "schema", str(exc)[:500])])
+                continue
+            if item is not None:
+                items.append(item)
+                positions.append(i)
+        if items:
+            for i, item, new in zip(positions, items, self._process(items), strict=True):
+                outcomes[i] = "accepted" if new else "duplicate"
+                READINGS.labels(item[0].name, outcomes[i]).inc()
+        return outcomes
+
+    def check(self, event: CloudEvent) -> tuple[Contract, int, Reading] | None:
+        """The reading to store, or None after posting its rejection (a reason per field)."""
         data = SensorReading.from_event(event)
         contract = all_contracts().get(data.dataset)
         if contract is None or contract.streaming is None:
@@ -82,11 +131,11 @@ class StreamFeatures:
             self._reject(event, contract.name, entity, reasons)
             return None
         assert taken_at is not None
-        entity = int(row[contract.entity_key])
-        reading = Reading(f"{event.get_source()}/{event.get_id()}", taken_at, row)
-        new = self.batcher.submit((contract, entity, reading))
-        READINGS.labels(contract.name, "accepted" if new else "duplicate").inc()
-        return None
+        return (
+            contract,
+            int(row[contract.entity_key]),
+            Reading(f"{event.get_source()}/{event.get_id()}", taken_at, row),
+        )
 
     def _process(self, items: Sequence[tuple[Contract, int, Reading]]) -> list[bool]:
         """One batch of in-flight readings: per dataset one transaction and one push."""
@@ -99,7 +148,7 @@ class StreamFeatures:
                 name,
                 [(items[i][1], items[i][2]) for i in positions],
                 contract.streaming.window,
-                lambda windows, contract=contract: publish(contract, windows),  # type: ignore[misc]
+                lambda windows, contract=contract: self.push(contract, windows),  # type: ignore[misc]
             )
             news.update(zip(positions, flags, strict=True))
             try:
@@ -128,7 +177,9 @@ class StreamFeatures:
             entity=entity if isinstance(entity, int) else None,
             reasons=[r.to_dict() for r in reasons],  # type: ignore[misc]
         )
-        emit(rejected.to_event(source=SOURCE, subject=f"{dataset}/{event.get_id()}", id=_rejection_id(event)))
+        self.post(
+            rejected.to_event(source=SOURCE, subject=f"{dataset}/{event.get_id()}", id=_rejection_id(event))
+        )
 
 
 def _rejection_id(event: CloudEvent) -> str:
@@ -194,6 +245,17 @@ def init() -> None:
             feast_stream.apply_stream(contract)
             feast_stream.online_rows(contract, [-1])  # warm the online store's client
             _function.flush(contract, force=True)
+    topic = os.environ.get("FAASPIPE_STREAM_READINGS_TOPIC")
+    if topic:
+        _function.consumer = ReadingsConsumer(
+            _function.handle_batch,
+            os.environ["FAASPIPE_KAFKA_BOOTSTRAP"],
+            topic,
+            os.environ.get("FAASPIPE_STREAM_READINGS_GROUP", f"faaspipe.consumer.stream-features.{topic}"),
+            max_records=int(os.environ.get("FAASPIPE_STREAM_READINGS_BATCH", "500")),
+            partitions=int(os.environ.get("FAASPIPE_STREAM_READINGS_PARTITIONS", "4")),
+        )
+        _function.consumer.start()
 
 
 def handle(event: CloudEvent) -> CloudEvent | None:

@@ -146,8 +146,10 @@ def _parse(expression: str) -> ast.Expression:
     return tree
 
 
-def _names(expression: str) -> list[str]:
-    return [n.id for n in ast.walk(_parse(expression)) if isinstance(n, ast.Name)]
+@functools.lru_cache(maxsize=256)
+def _names(expression: str) -> tuple[str, ...]:
+    """The names an expression reads (cached: a streamed reading's check asks for each one)."""
+    return tuple(n.id for n in ast.walk(_parse(expression)) if isinstance(n, ast.Name))
 
 
 def evaluate(expression: str, values: dict[str, Any]) -> Any:

@@ -1,0 +1,114 @@
+"""stream-features' batch of readings (records of the readings topic, ``handle_batch``) on a real
+SQLite window store: each reading is checked on its own, the good ones are written in one
+transaction with one online push, and a redelivered batch changes nothing. The online push and
+the broker are the function's collaborators here (recorded), not faked infrastructure: the
+Kafka and Feast halves run on a real stack in tests/test_stream_features.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from functions.stream_features.handler import StreamFeatures
+from shared.cloudevents_io import CloudEvent
+from shared.contracts import Contract
+from shared.stream_windows import Reading, open_store
+
+SOURCE = "/tests/stream-batches"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.pushes: list[list[tuple[int, list[str]]]] = []
+        self.posted: list[CloudEvent] = []
+
+    def push(self, contract: Contract, windows: list[tuple[int, list[Reading]]]) -> list[dict[str, Any]]:
+        self.pushes.append([(e, [r.reading_id for r in w]) for e, w in windows])
+        return [{"entity": e, "reading_id": w[-1].reading_id} for e, w in windows]
+
+    def post(self, event: CloudEvent) -> None:
+        self.posted.append(event)
+
+
+def reading(n: int, entity: int, **values: Any) -> CloudEvent:
+    data = {
+        "dataset": "ai4i",
+        "reading": {
+            "udi": entity,
+            "type": "M",
+            "air_temperature_k": 299.0,
+            "process_temperature_k": 309.5,
+            "rotational_speed_rpm": 1500.0,
+            "torque_nm": 40.0 + n,
+            "tool_wear_min": 100.0,
+            **values,
+        },
+    }
+    attributes = {
+        "type": "dev.faaspipe.sensor.reading.v1",
+        "source": SOURCE,
+        "id": f"r{n}",
+        "time": T0 + timedelta(seconds=n),
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, data)
+
+
+@pytest.fixture
+def function(tmp_path: Path) -> tuple[StreamFeatures, Recorder]:
+    recorder = Recorder()
+    fn = StreamFeatures(
+        open_store(tmp_path / "windows.db"), 10_000, 3600.0, push=recorder.push, post=recorder.post
+    )
+    yield fn, recorder
+    fn.batcher.close()
+
+
+def test_a_bad_reading_in_a_batch_is_rejected_with_its_reason_and_the_rest_stored(
+    function: tuple[StreamFeatures, Recorder],
+) -> None:
+    fn, recorder = function
+    batch = [reading(1, 7), reading(2, 8), reading(3, 7, torque_nm=-5.0), reading(4, 7), reading(5, 8)]
+    assert fn.handle_batch(batch) == ["accepted", "accepted", "rejected", "accepted", "accepted"]
+    (rejected,) = recorder.posted
+    assert rejected.get_type() == "dev.faaspipe.sensor.reading.rejected.v1"
+    data = rejected.get_data()
+    assert data["reading_id"] == "r3" and data["reading_source"] == SOURCE
+    assert [(r["field"], r["rule"]) for r in data["reasons"]] == [("torque_nm", "min")]
+    assert [r.reading_id for r in fn.store.window("ai4i", 7)] == [f"{SOURCE}/r1", f"{SOURCE}/r4"]
+    assert [r.reading_id for r in fn.store.window("ai4i", 8)] == [f"{SOURCE}/r2", f"{SOURCE}/r5"]
+    (push,) = recorder.pushes  # the whole batch: one push
+    assert [e for e, _ in push] == [7, 8, 7, 8]
+
+
+def test_a_redelivered_batch_has_no_double_effect(function: tuple[StreamFeatures, Recorder]) -> None:
+    fn, recorder = function
+    batch = [reading(1, 7), reading(2, 7, tool_wear_min=None), reading(3, 7)]
+    assert fn.handle_batch(batch) == ["accepted", "rejected", "accepted"]
+    window = fn.store.window("ai4i", 7)
+    offline = fn.store.db.execute("SELECT COUNT(*) FROM stream_offline", ())[0][0][0]
+    assert fn.handle_batch(batch) == ["duplicate", "rejected", "duplicate"]
+    assert fn.store.window("ai4i", 7) == window
+    assert fn.store.db.execute("SELECT COUNT(*) FROM stream_offline", ())[0][0][0] == offline == 2
+    assert len(recorder.pushes) == 1  # nothing new: nothing pushed again
+    first, again = recorder.posted
+    assert first.get_id() == again.get_id()  # the same rejection, recognisably
+
+
+def test_a_record_that_is_not_a_reading_is_rejected_and_its_neighbours_stored(
+    function: tuple[StreamFeatures, Recorder],
+) -> None:
+    fn, recorder = function
+    junk = CloudEvent(
+        {"type": "dev.faaspipe.sensor.reading.v1", "source": SOURCE, "id": "junk", "time": T0},
+        {"dataset": "ai4i"},
+    )
+    assert fn.handle_batch([reading(1, 9), junk, reading(2, 9)]) == ["accepted", "rejected", "accepted"]
+    (rejected,) = recorder.posted
+    assert rejected.get_data()["reading_id"] == "junk"
+    assert [r["rule"] for r in rejected.get_data()["reasons"]] == ["schema"]
+    assert len(fn.store.window("ai4i", 9)) == 2
