@@ -150,6 +150,11 @@ def _train(completed: StudyCompleted, state: dict[str, Any], contract: Contract)
         from shared.engine import cluster
 
         client = cluster.client()
+        log.info(
+            "study %s: final model on the Dask engine (%d workers)",
+            completed.study_id,
+            len(client.nthreads()),
+        )
     trained = train_final(
         contract,
         train,
