@@ -232,6 +232,11 @@ SETTINGS: tuple[Setting, ...] = (
     # functions (function.yaml `env` wins over the shell's value)
     Setting("FAASPIPE_DATASET", "ai4i", "text", "function"),
     Setting("FAASPIPE_MEMORY_BUDGET_MB", "256", "float", "function", minimum=1),
+    Setting("FAASPIPE_ENGINE", "inprocess", "choice", "function", choices=("inprocess", "dask")),
+    Setting("FAASPIPE_DASK_SCHEDULER", "unset: a LocalCluster", "text", "function"),
+    Setting("FAASPIPE_DASK_WORKERS", "2", "int", "function", minimum=1),
+    Setting("FAASPIPE_DASK_THREADS", "1", "int", "function", minimum=1),
+    Setting("FAASPIPE_DASK_MIN_BYTES", str(64 * 1024 * 1024), "int", "function", minimum=0),
     Setting("FAASPIPE_OBJECT_EVENTS_BUCKETS", "landing", "text", "function"),
     Setting("FAASPIPE_TUNE_TRIALS", "24", "int", "function", minimum=1),
     Setting("FAASPIPE_TUNE_PARALLELISM", "2", "int", "function", minimum=1),

@@ -104,7 +104,10 @@ def manifest_images() -> dict[str, set[tuple[str, ...]]]:
     prefix = ClusterSettings().registry + "/"
     found: dict[str, set[tuple[str, ...]]] = {}
     for _, doc in _objects(MANIFESTS / "base"):
-        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        template = doc.get("spec", {}).get("template", {})
+        if template.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component") == "dask":
+            continue  # the Dask scheduler/workers run the env's `dask` CLI (tests/test_manifests.py)
+        spec = template.get("spec", {})
         for container in spec.get("containers", []):
             if not container["image"].startswith(prefix):
                 continue  # not one of ours (a platform service's upstream image)

@@ -738,3 +738,37 @@ def test_check_reports_changed_missing_and_stale_files(topology: Topology, tmp_p
     render(topology, tmp_path)
     assert not stale.exists() and hand_written.exists()
     assert check(topology, tmp_path) == []
+
+
+def test_the_dask_cluster_runs_the_engine_functions_image_and_threads(
+    topology: Topology, base_objects: list
+) -> None:
+    from localdev.render.dask import ENGINE_FUNCTIONS, SCHEDULER, SCHEDULER_ADDRESS, WORKER
+    from shared.engine import DEFAULT_THREADS
+
+    dask = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in base_objects
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "dask"
+    }
+    assert set(dask) == {("Deployment", SCHEDULER), ("Service", SCHEDULER), ("Deployment", WORKER)}
+    functions = {
+        d["metadata"]["name"]: d
+        for d in base_objects
+        if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+    }
+    images = {functions[n]["spec"]["template"]["spec"]["containers"][0]["image"] for n in ENGINE_FUNCTIONS}
+    for name in (SCHEDULER, WORKER):
+        container = dask[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        assert {container["image"]} == images, (name, container["image"], images)
+    worker = dask[("Deployment", WORKER)]["spec"]["template"]["spec"]["containers"][0]
+    args = worker["args"]
+    assert args[0] == SCHEDULER_ADDRESS and args[args.index("--nthreads") + 1] == str(DEFAULT_THREADS)
+    assert {"name": "OMP_NUM_THREADS", "value": str(DEFAULT_THREADS)} in worker["env"]
+    service = dask[("Service", SCHEDULER)]
+    port = service["spec"]["ports"][0]["port"]
+    assert f"tcp://{service['metadata']['name']}:{port}" == SCHEDULER_ADDRESS
+    assert (
+        service["spec"]["selector"].items()
+        <= dask[("Deployment", SCHEDULER)]["spec"]["template"]["metadata"]["labels"].items()
+    )

@@ -148,7 +148,7 @@ def _csv_names(path: Path) -> list[str]:
     return names
 
 
-def _csv_chunks(path: Path, names: list[str], chunk_rows: int) -> Iterator[tuple[_Cells, pa.RecordBatch]]:
+def _csv_chunks(path: Path, names: list[str], chunk_rows: int) -> Iterator[pa.RecordBatch]:
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     row_bytes = max(16, len(head) // max(1, head.count(b"\n")))
@@ -165,8 +165,42 @@ def _csv_chunks(path: Path, names: list[str], chunk_rows: int) -> Iterator[tuple
     )
     for whole in reader:
         for start in range(0, whole.num_rows, chunk_rows):
-            batch = whole.slice(start, chunk_rows)
-            yield _Cells(names, [_clean(column) for column in batch.columns]), batch
+            yield whole.slice(start, chunk_rows)
+
+
+def validate_batch(
+    validator: _Validator, fmt: str, names: list[str], batch: pa.RecordBatch
+) -> tuple[pd.DataFrame | None, np.ndarray, Any]:
+    """Validate one chunk: its typed canonical table, its bad positions and its rejected rows in
+    the file's format (None when none). A clean CSV chunk is recognised in Arrow
+    (``_Validator.clean_chunk``); any other chunk takes the exact pandas path."""
+    if fmt == "csv":
+        cells = _Cells(names, [_clean(column) for column in batch.columns])
+        clean = validator.clean_chunk(cells)
+        if clean is not None:
+            return clean, np.zeros(len(clean), dtype=bool), None
+        raw = cells.frame()
+    else:
+        raw = batch.to_pandas()
+    table, bad = validator.chunk(raw)
+    return table, bad, rejected_rows(fmt, raw, batch, bad) if bad.any() else None
+
+
+def rejected_rows(fmt: str, raw: pd.DataFrame, batch: pa.RecordBatch, bad: np.ndarray) -> Any:
+    """A chunk's rejected rows in the file's format: CSV cells as a frame, Parquet as Arrow."""
+    positions = np.flatnonzero(bad)
+    return raw.iloc[positions] if fmt == "csv" else batch.take(pa.array(positions))
+
+
+def append_rejected(fmt: str, rows: Any, rejected_path: Path, writer: pq.ParquetWriter | None) -> Any:
+    """Append rejected rows to ``rejected_path``; the Parquet writer to close at the end."""
+    if fmt == "csv":
+        with open(rejected_path, "a", newline="") as out:
+            rows.to_csv(out, index=False, header=out.tell() == 0)
+        return writer
+    writer = writer or pq.ParquetWriter(rejected_path, rows.schema)
+    writer.write_batch(rows)
+    return writer
 
 
 def _clean(column: pa.Array) -> pa.Array:
@@ -247,9 +281,7 @@ def _clean_column(column: Column, cells: pa.Array) -> pd.Series | None:
     return pd.Series(typed.to_numpy(zero_copy_only=False), dtype="float64")
 
 
-def _parquet_chunks(
-    path: Path, chunk_rows: int
-) -> tuple[list[str], Iterator[tuple[pd.DataFrame, pa.RecordBatch]]]:
+def _parquet_chunks(path: Path, chunk_rows: int) -> tuple[list[str], Iterator[pa.RecordBatch]]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -258,9 +290,8 @@ def _parquet_chunks(
     index = [c for c in metadata.get("index_columns", []) if isinstance(c, str)]
     names = [n for n in parquet.schema_arrow.names if n not in index]
 
-    def chunks() -> Iterator[tuple[pd.DataFrame, pa.RecordBatch]]:
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=names):
-            yield batch.to_pandas(), batch
+    def chunks() -> Iterator[pa.RecordBatch]:
+        yield from parquet.iter_batches(batch_size=chunk_rows, columns=names)
 
     return names, chunks()
 
@@ -483,13 +514,16 @@ def validate_file(
     chunk_rows: int,
     offline_path: Path,
     rejected_path: Path,
+    client: Any = None,
 ) -> ChunkedValidation:
     """Validate ``path`` (format ``fmt``) chunk by chunk; write valid and rejected rows as they go.
 
-    ``offline_path`` is complete only when the result is not ``file_rejected``.
+    With a Dask ``client``, the chunks are validated on its workers
+    (``functions.ingest.distributed``) and merged here in file order: the same outcome, row for
+    row and byte for byte. ``offline_path`` is complete only when the result is not ``file_rejected``.
     """
     try:
-        return _streamed(contract, path, fmt, chunk_rows, offline_path, rejected_path)
+        return _streamed(contract, path, fmt, chunk_rows, offline_path, rejected_path, client)
     except v.UnreadableFile as exc:
         return ChunkedValidation(contract, 0, [v.Violation("unreadable", None, str(exc))])
     except _Fallback:
@@ -498,8 +532,36 @@ def validate_file(
         return _in_memory(contract, path, fmt, offline_path, rejected_path)
 
 
+@dataclass
+class ChunkOutcome:
+    """What one validated chunk adds to the outputs: offline rows (None: none to write) and
+    rejected rows in the file's format (None: none)."""
+
+    frame: pd.DataFrame | None
+    rejected: Any
+
+
+def _local(
+    validator: _Validator, fmt: str, names: list[str], batches: Iterator[pa.RecordBatch]
+) -> Iterator[ChunkOutcome]:
+    for batch in batches:
+        table, bad, rejected = validate_batch(validator, fmt, names, batch)
+        if validator.file_rejected or table is None:
+            yield ChunkOutcome(None, rejected)
+        else:
+            yield ChunkOutcome(
+                v.offline_frame(validator.contract, table[~bad] if bad.any() else table), rejected
+            )
+
+
 def _streamed(
-    contract: Contract, path: Path, fmt: str, chunk_rows: int, offline_path: Path, rejected_path: Path
+    contract: Contract,
+    path: Path,
+    fmt: str,
+    chunk_rows: int,
+    offline_path: Path,
+    rejected_path: Path,
+    client: Any = None,
 ) -> ChunkedValidation:
     validator = _Validator(contract)
     schema = offline_schema(contract)
@@ -509,27 +571,22 @@ def _streamed(
     try:
         if fmt == "csv":
             names = _csv_names(path)
-            chunks = _csv_chunks(path, names, chunk_rows)
+            batches = _csv_chunks(path, names, chunk_rows)
         else:
-            names, chunks = _parquet_chunks(path, chunk_rows)
+            names, batches = _parquet_chunks(path, chunk_rows)
         validator.map_columns(names)
-        for cells, batch in chunks:
-            clean = validator.clean_chunk(cells) if isinstance(cells, _Cells) else None
-            if clean is not None:
-                table, bad = clean, np.zeros(len(clean), dtype=bool)
-            else:
-                raw = cells.frame() if isinstance(cells, _Cells) else cells
-                table, bad = validator.chunk(raw)
-            if bad.any():
-                if fmt == "csv":
-                    with open(rejected_path, "a", newline="") as out:
-                        raw.iloc[np.flatnonzero(bad)].to_csv(out, index=False, header=out.tell() == 0)
-                else:
-                    rejected_writer = rejected_writer or pq.ParquetWriter(rejected_path, batch.schema)
-                    rejected_writer.write_batch(batch.take(pa.array(np.flatnonzero(bad))))
-            if validator.file_rejected or table is None:
+        if client is None:
+            outcomes = _local(validator, fmt, names, batches)
+        else:
+            from functions.ingest import distributed
+
+            outcomes = distributed.outcomes(client, validator, fmt, names, batches)
+        for outcome in outcomes:
+            if outcome.rejected is not None:
+                rejected_writer = append_rejected(fmt, outcome.rejected, rejected_path, rejected_writer)
+            if outcome.frame is None:
                 continue
-            frame = v.offline_frame(contract, table[~bad] if bad.any() else table)
+            frame = outcome.frame
             if writer is None:  # the pandas metadata (nullable ints stay Int64 when read back)
                 schema = schema.with_metadata(pa.Schema.from_pandas(frame, preserve_index=False).metadata)
                 writer = pq.ParquetWriter(offline_path, schema)

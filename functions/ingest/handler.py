@@ -42,7 +42,7 @@ from minio.error import S3Error
 from events import DatasetIngested, DatasetRejected, ObjectCreated, rfc3339
 from functions.ingest.chunked import ChunkedValidation, chunk_rows, sha256_of, validate_file
 from functions.ingest.validation import ROWS_LISTED, Violation, detect_format
-from shared import layout, memory, settings
+from shared import engine, layout, memory, settings
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, contract_for_key
 
@@ -171,6 +171,12 @@ def _validate(contract: Contract, source: SourceObject, tmp: Path) -> ChunkedVal
         found = fmt or f"unknown (extension/content type {source.content_type!r})"
         message = f"format {found} is not one of the contract's formats {list(contract.formats)}"
         return ChunkedValidation(contract, 0, [Violation("format", None, message)])
+    client = None
+    if engine.settings().use_dask(source.size):  # FAASPIPE_ENGINE=dask, a file over the threshold
+        from shared.engine import cluster
+
+        client = cluster.client()
+        log.info("%s: %d bytes, validated on the Dask engine", source.uri, source.size)
     return validate_file(
         contract,
         source.path,
@@ -178,6 +184,7 @@ def _validate(contract: Contract, source: SourceObject, tmp: Path) -> ChunkedVal
         chunk_rows=chunk_rows(settings.memory_budget_bytes()),
         offline_path=tmp / "offline.parquet",
         rejected_path=tmp / f"rejected.{fmt}",
+        client=client,
     )
 
 

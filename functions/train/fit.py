@@ -48,7 +48,10 @@ def train_final(
     best_iteration: int | None,
     seed: int,
     cv_folds: int = modelling.CV_FOLDS,
+    client: Any = None,
 ) -> TrainedModel:
+    """``client``: a Dask client (``FAASPIPE_ENGINE=dask``): the folds and the final fit run on its
+    workers (``functions.train.distributed``); None: in this process."""
     import time
 
     import pandas as pd
@@ -59,13 +62,23 @@ def train_final(
     x_hold, y_hold = modelling.encode_frame(contract, holdout), modelling.labels(contract, holdout)
     n_rounds = (int(best_iteration) + 1) if best_iteration is not None else DEFAULT_ROUNDS
     folds = modelling.stratified_folds(y_train, n_folds=cv_folds, seed=seed)
-    oof = modelling.out_of_fold_predictions(
-        x_train, y_train, params, n_rounds=n_rounds, seed=seed, folds=folds
-    )
+    if client is None:
+        oof = modelling.out_of_fold_predictions(
+            x_train, y_train, params, n_rounds=n_rounds, seed=seed, folds=folds
+        )
+        booster = modelling.fit_booster(
+            x_train, y_train, params, n_rounds=n_rounds, seed=seed, feature_names=features
+        )
+    else:
+        from functions.train import distributed
+
+        oof = distributed.out_of_fold_predictions(
+            client, x_train, y_train, params, n_rounds=n_rounds, seed=seed, folds=folds
+        )
+        booster = distributed.fit_booster(
+            client, x_train, y_train, params, n_rounds=n_rounds, seed=seed, feature_names=features
+        )
     threshold, oof_f1 = modelling.best_f1_threshold(y_train, oof)
-    booster = modelling.fit_booster(
-        x_train, y_train, params, n_rounds=n_rounds, seed=seed, feature_names=features
-    )
     metrics = modelling.classification_metrics(y_hold, modelling.predict(booster, x_hold), threshold)
     reference = train.sample(n=min(REFERENCE_ROWS, len(train)), random_state=seed)[
         list(contract.model_features)

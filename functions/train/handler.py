@@ -34,7 +34,7 @@ from typing import Any
 
 from events import ModelRegistered, StudyCompleted
 from functions.train.fit import TrainedModel, train_final
-from shared import concurrency, feature_set, layout, modelling
+from shared import concurrency, engine, feature_set, layout, modelling
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 
@@ -145,6 +145,16 @@ def _train(completed: StudyCompleted, state: dict[str, Any], contract: Contract)
     train = modelling.parquet_from_bytes(modelling.get_bytes(layout.MODELS, state["data"]["train_key"]))
     holdout = modelling.parquet_from_bytes(modelling.get_bytes(layout.MODELS, state["data"]["holdout_key"]))
     config = state["config"]
+    client = None
+    if engine.settings().dask:  # FAASPIPE_ENGINE=dask: folds and the final fit on the cluster
+        from shared.engine import cluster
+
+        client = cluster.client()
+        log.info(
+            "study %s: final model on the Dask engine (%d workers)",
+            completed.study_id,
+            len(client.nthreads()),
+        )
     trained = train_final(
         contract,
         train,
@@ -153,6 +163,7 @@ def _train(completed: StudyCompleted, state: dict[str, Any], contract: Contract)
         best_iteration=best_iteration,
         seed=int(config["seed"]),
         cv_folds=int(config["cv_folds"]),
+        client=client,
     )
     log.info(
         "study %s: final model trained in %.1fs (%d rounds, threshold %.3f from OOF F1 %.4f)",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from localdev.render.auth import FEATURES_FILE, FEATURES_NOTE, auth_docs, features_doc
+from localdev.render.dask import dask_docs
 from localdev.render.dump import HEADER, dump_docs
 from localdev.render.functions import function_docs
 from localdev.render.images import image_files
@@ -32,6 +33,7 @@ def render_files(topology: Topology, settings: ClusterSettings | None = None) ->
         "base/broker.yaml": dump_docs(broker_docs(settings, topology)),
         "base/mlflow.yaml": dump_docs(mlflow_docs(settings)),
         "base/auth.yaml": dump_docs(auth_docs(topology)),
+        "base/dask.yaml": dump_docs(dask_docs(settings, topology)),
     }
     for fn in functions:
         files[f"base/functions/{fn.name}.yaml"] = dump_docs(function_docs(fn, settings))

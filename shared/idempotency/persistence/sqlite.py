@@ -85,7 +85,7 @@ class SQLiteIdempotencyStore:
             self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(conn, self.busy_timeout_s)
         conn.execute("PRAGMA synchronous = NORMAL")
         self._shared_conn = conn
         with self._lock:
@@ -191,3 +191,22 @@ class SQLiteIdempotencyStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _set_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch a new database to WAL, retrying while another process does the same.
+
+    Changing the journal mode needs an exclusive lock and SQLite answers "database is locked" at
+    once, without the busy handler, when two processes open a fresh file together.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
