@@ -169,6 +169,17 @@ def test_store_dedupes_joins_labels_and_rebuilds(store_location: Path | str) -> 
     store.close()
 
 
+def test_pending_labels_expire_after_their_retention(store_location: Path | str) -> None:
+    store = MonitorStore(store_location, pending_label_days=1.0)
+    assert store.join_label_event([("never", 1)], "event:/t#old", now=1_000.0) == (set(), ["never"])
+    assert store.join_label_event([("recent", 0)], "event:/t#new", now=1_000.0 + 86_000.0)[1] == ["recent"]
+    assert store.pending_labels() == {"never": 1, "recent": 0}
+    # a day and a bit after the first: it goes, the younger one stays
+    store.join_label_event([], "event:/t#later", now=1_000.0 + 86_500.0)
+    assert store.pending_labels() == {"recent": 0}
+    store.close()
+
+
 def test_label_events_join_by_request_id_and_keep_unknown_ids_for_a_late_join(
     store_location: Path | str,
 ) -> None:

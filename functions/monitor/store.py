@@ -9,7 +9,8 @@ when ``FAASPIPE_DATABASE_URL`` is set (the cluster: a pod's filesystem is lost o
   prediction; a re-delivered labels file overwrites, never double-counts).
 * ``monitor_pending_labels``: labels posted as events (``label.recorded``) whose request id no
   stored prediction has yet (the prediction log is a separate, asynchronous path): kept, one
-  per request id, and joined by a later label event once the prediction is stored.
+  per request id, and joined by a later label event once the prediction is stored; dropped
+  after ``pending_label_days`` (a label whose prediction never comes must not be kept forever).
 * ``monitor_rollout_observations``: the rows of a running rollout (champion, candidate and
   shadow answers, candidate failures; keyed by event id), with the truth a labels file gave
   their request; shadow rows live only here, never in ``monitor_predictions``.
@@ -143,10 +144,13 @@ class RolloutObservation:
 
 
 class MonitorStore:
-    def __init__(self, where: Path | str, keep_predictions: int = 100_000) -> None:
+    def __init__(
+        self, where: Path | str, keep_predictions: int = 100_000, pending_label_days: float = 7.0
+    ) -> None:
         """``where``: a SQLite file, or a ``postgresql://`` URL (``shared/sqldb.py``)."""
         self.db = connect(where)
         self.keep = keep_predictions
+        self.pending_label_s = pending_label_days * 86400.0
         self.db.script(SCHEMA.format(serial=self.db.serial))
         self._inserts = 0
 
@@ -300,7 +304,11 @@ class MonitorStore:
         delete removed it), so it lands in one production file. Returns the touched
         (model, version) pairs and the request ids left pending."""
         known = {request_id for request_id, _ in labels}
+        at = time.time() if now is None else now
         with self.db.transaction():
+            self.db.execute(
+                "DELETE FROM monitor_pending_labels WHERE received_at < ?", (at - self.pending_label_s,)
+            )
             ready, _ = self.db.execute(
                 "SELECT l.request_id, l.truth, l.labels_object FROM monitor_pending_labels l"
                 " WHERE EXISTS (SELECT 1 FROM monitor_predictions p WHERE p.request_id = l.request_id)"
@@ -323,7 +331,7 @@ class MonitorStore:
                         "INSERT INTO monitor_pending_labels (request_id, truth, labels_object, received_at)"
                         " VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET truth = excluded.truth,"
                         " labels_object = excluded.labels_object, received_at = excluded.received_at",
-                        (request_id, truth, labels_object, time.time() if now is None else now),
+                        (request_id, truth, labels_object, at),
                     )
         return touched, pending
 
