@@ -86,6 +86,24 @@ def test_serving_appends_the_models_aggregates_after_the_contracts_features() ->
     assert encode_rows(CONTRACT, [RAW]).shape == (1, len(CONTRACT.encoded_features))
 
 
+def test_by_entity_the_other_declared_aggregates_are_carried_for_a_rollouts_candidate() -> None:
+    online = {**RAW, **{name: float(i + 1) for i, name in enumerate(AGGREGATES)}, "window_readings": 3}
+    # the champion scores the contract's features only; the candidate also the aggregates
+    (row,) = with_aggregates([dict(RAW)], [online], (), ["entity 7"], carry=AGGREGATES)
+    assert encode_rows(CONTRACT, [row]).shape == (1, len(CONTRACT.encoded_features))
+    assert encode_rows(CONTRACT, [row], AGGREGATES)[0, len(CONTRACT.encoded_features) :].tolist() == [
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+        5.0,
+    ]
+    # carried, never required: an entity without a streamed window still serves the champion
+    assert with_aggregates([dict(RAW)], [dict(RAW)], (), ["entity 8"], carry=AGGREGATES) == [RAW]
+    bad = {**RAW, AGGREGATES[0]: float("nan"), AGGREGATES[1]: "x"}
+    assert with_aggregates([dict(RAW)], [bad], (), ["entity 9"], carry=AGGREGATES) == [RAW]
+
+
 @pytest.mark.parametrize(
     ("source", "status", "needle"),
     [

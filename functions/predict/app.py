@@ -155,7 +155,11 @@ def _predict_json() -> tuple[Response, int]:
         except BadInput as exc:
             raise BadInput(f"feature server returned an unusable row: {exc}", status=502) from exc
         # a model trained on the rolling aggregates scores the stream view's latest ones
-        rows = with_aggregates(rows, fetched, model.aggregates, [f"entity {e}" for e in entities])
+        # (and carries the others it has, for a rollout's candidate that scores more of them)
+        declared = contract.streaming.feature_names if contract.streaming else ()
+        rows = with_aggregates(
+            rows, fetched, model.aggregates, [f"entity {e}" for e in entities], carry=declared
+        )
     else:
         rows = rows_from_instances(contract, body["instances"])
         model = dataplane.model(state, model_name)
