@@ -1,4 +1,4 @@
-"""Run in the train environment (Feast): write one batch through Feast's SQLite online store and
+"""Run in the train environment (Feast): write two overlapping batches through Feast's SQLite online store and
 through ``functions.materialise.sqlite_fast`` into two stores; print whether the rows are equal.
 
     .venvs/train/bin/python -m tests.sqlite_fast_check WORKDIR
@@ -33,14 +33,25 @@ def write(state: Path, fast: bool) -> list[tuple[object, ...]]:
     frame.loc[4, "torque_nm"] = float("nan")
     frame.loc[5, "product_id"] = "é€x"
     view = store.get_feature_view(contract.feature_view)
-    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
-    if fast:
-        assert sqlite_fast.supports(store, view)
-        sqlite_fast.write_batch(store, view, batch, contract.entity_key, feast_repo.EVENT_TIMESTAMP)
-    else:
-        join_keys = {contract.entity_key: view.entity_columns[0].dtype.to_value_type()}
-        rows = _convert_arrow_to_proto(batch, view, join_keys)
-        store._get_provider().online_write_batch(store.config, view, rows, None)
+    first = pa.RecordBatch.from_pandas(frame.iloc[:200], preserve_index=False)
+    later = frame.iloc[100:].copy()  # half of it overwrites entities of the first write
+    later["torque_nm"] = later["torque_nm"] + 1.0
+    later.loc[later.index[7], "tool_wear_min"] = None
+    second = pa.RecordBatch.from_pandas(later, preserve_index=False)
+    for batch in (first, second):
+        if fast:
+            assert sqlite_fast.supports(store, view)
+            # a small chunk: several upsert transactions, split inside the key order
+            with sqlite_fast.Staged(
+                store, view, contract.entity_key, feast_repo.EVENT_TIMESTAMP, 37
+            ) as staged:
+                for part in (batch.slice(0, 60), batch.slice(60)):
+                    staged.add(part)
+                assert staged.commit() == batch.num_rows
+        else:
+            join_keys = {contract.entity_key: view.entity_columns[0].dtype.to_value_type()}
+            rows = _convert_arrow_to_proto(batch, view, join_keys)
+            store._get_provider().online_write_batch(store.config, view, rows, None)
     con = sqlite3.connect(state / "feast" / "online.db")
     return con.execute('SELECT * FROM "faaspipe_ai4i_readings" ORDER BY entity_key, feature_name').fetchall()
 

@@ -10,13 +10,15 @@ keeps one row per entity, the newest, so this writes only those, streaming:
 3. second pass, row group by row group: those rows are converted by Feast
    (``_convert_arrow_to_proto``, the conversion ``materialize`` uses) and written with the
    online store's ``online_write_batch`` in batches of ``batch_rows`` (on SQLite, the same
-   rows encoded and upserted directly by ``sqlite_fast``, about 10x faster);
+   rows encoded by ``sqlite_fast``, staged per entity and upserted once in the table's key
+   order);
 4. the materialised interval is recorded in the registry, as ``materialize`` does.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -69,6 +71,15 @@ def newest_rows(parquet: pq.ParquetFile, key: str, start: datetime, end: datetim
     return [pos[grp == g] for g in range(parquet.num_row_groups)]
 
 
+def _batches(
+    parquet: pq.ParquetFile, rows: list[np.ndarray], columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    for g, positions in enumerate(rows):
+        if len(positions):
+            group = parquet.read_row_group(g, columns=columns).take(pa.array(positions))
+            yield from group.to_batches(max_chunksize=batch_rows)
+
+
 def write_online(contract: Contract, parquet: pq.ParquetFile, rows: list[np.ndarray], batch_rows: int) -> int:
     """Write the chosen rows to the online store, ``batch_rows`` at a time; returns rows written."""
     from feast.utils import _convert_arrow_to_proto
@@ -78,19 +89,16 @@ def write_online(contract: Contract, parquet: pq.ParquetFile, rows: list[np.ndar
     provider = store._get_provider()
     join_keys = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
     columns = [contract.entity_key, feast_repo.EVENT_TIMESTAMP, *feast_repo.view_features(contract)]
-    fast = sqlite_fast.supports(store, view)
+    if sqlite_fast.supports(store, view):
+        with sqlite_fast.Staged(store, view, contract.entity_key, feast_repo.EVENT_TIMESTAMP) as staged:
+            for batch in _batches(parquet, rows, columns, batch_rows):
+                staged.add(batch)
+            return staged.commit()
     written = 0
-    for g, positions in enumerate(rows):
-        if not len(positions):
-            continue
-        group = parquet.read_row_group(g, columns=columns).take(pa.array(positions))
-        for batch in group.to_batches(max_chunksize=batch_rows):
-            if fast:
-                sqlite_fast.write_batch(store, view, batch, contract.entity_key, feast_repo.EVENT_TIMESTAMP)
-            else:
-                rows_proto = _convert_arrow_to_proto(batch, view, join_keys)
-                provider.online_write_batch(store.config, view, rows_proto, None)
-            written += batch.num_rows
+    for batch in _batches(parquet, rows, columns, batch_rows):
+        rows_proto = _convert_arrow_to_proto(batch, view, join_keys)
+        provider.online_write_batch(store.config, view, rows_proto, None)
+        written += batch.num_rows
     return written
 
 

@@ -4,23 +4,39 @@ Feast's SQLite store converts every cell to a ``ValueProto`` and upserts it with
 ``execute`` (about 25 µs a cell here). This encodes the view's Float64, Int64 and String
 features directly (the protobuf bytes of ``Value.double_val`` / ``int64_val`` /
 ``string_val``, an empty message for a null, ``value_text`` as Feast's
-``extract_text_and_num``) and upserts a batch with one ``executemany``. Anything else (other
-types, vector or value_num columns) is not handled here: ``supports`` says so and the caller
-uses Feast's path. tests/test_ingest_chunked.py checks the rows equal Feast's.
+``extract_text_and_num``) and writes them in two steps (:class:`Staged`):
+
+1. each batch goes into a connection-private staging table, **one row per entity** with every
+   feature's value and text as columns (one ``executemany`` row per entity, not per cell);
+2. ``commit`` indexes the staged keys and upserts them into the view's table with
+   ``INSERT … SELECT`` (staged rows × feature names, in the table's key order), in transactions
+   of ``chunk_entities`` entities.
+
+Writing in the table's key order matters: the serialised entity key ends in the little-endian
+int64, so a batch of consecutive ids lands all over the B-trees; batch by batch, every batch
+touched every page. Staged and sorted once, the upsert walks each B-tree once
+(1,000,000 cells: 7.8 s CPU batch by batch, 2.4 s staged, on this box). The staging table is a
+``TEMP`` table (a temporary file, not memory: SQLite's page cache bounds it), dropped on exit.
+
+Anything else (other types, vector or value_num columns) is not handled here: ``supports`` says
+so and the caller uses Feast's path. tests/test_ingest_chunked.py checks the rows equal Feast's.
 """
 
 from __future__ import annotations
 
-import math
 import struct
+import uuid
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-__all__ = ["supports", "write_batch"]
+__all__ = ["Staged", "supports", "write_batch"]
 
 _DOUBLE, _STRING, _INT64 = b"\x29", b"\x12", b"\x20"
-_pack_double = struct.Struct("<d").pack
+_DOUBLE_CELL = np.dtype([("tag", "u1"), ("value", "<f8")])  # packed: 9 bytes, as the proto
+# Entities upserted per transaction: readers wait at most one of these (about a second).
+CHUNK_ENTITIES = 50_000
 
 
 def _varint(n: int) -> bytes:
@@ -63,49 +79,136 @@ def _key_prefix(config: Any, join_key: str) -> bytes:
     return zero[:-8]
 
 
-def _cells(kind: str, values: list[Any]) -> tuple[list[bytes], list[str | None]]:
+def _doubles(column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
+    values = column.to_numpy(zero_copy_only=False).astype("float64", copy=False)  # null -> NaN
+    cells = np.empty(len(values), dtype=_DOUBLE_CELL)
+    cells["tag"] = _DOUBLE[0]
+    cells["value"] = values
+    raw, width = cells.tobytes(), _DOUBLE_CELL.itemsize
+    blobs = [raw[i : i + width] for i in range(0, len(raw), width)]
+    texts: list[str | None] = [str(v) for v in values.tolist()]
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        blobs[i], texts[i] = b"", None
+    return blobs, texts
+
+
+def _cells(kind: str, column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
     if kind == "Float64":
-        blobs = [b"" if v is None or math.isnan(v) else _DOUBLE + _pack_double(v) for v in values]
-        texts = [None if v is None or math.isnan(v) else str(v) for v in values]
-    elif kind == "Int64":
+        return _doubles(column)
+    values = column.to_pylist()
+    if kind == "Int64":
         blobs = [b"" if v is None else _INT64 + _varint(v) for v in values]
         texts = [None if v is None else str(v) for v in values]
-    else:
-        blobs = []
-        for v in values:
-            if v is None:
-                blobs.append(b"")
-            else:
-                raw = v.encode("utf8")
-                blobs.append(_STRING + _varint(len(raw)) + raw)
-        texts = values
-    return blobs, texts
+        return blobs, texts
+    blobs = []
+    for v in values:
+        if v is None:
+            blobs.append(b"")
+        else:
+            raw = v.encode("utf8")
+            blobs.append(_STRING + _varint(len(raw)) + raw)
+    return blobs, values
+
+
+class Staged:
+    """Batches staged per entity, then upserted into the view's SQLite table in key order.
+
+    ``with Staged(...) as staged: staged.add(batch) …; staged.commit()``. Keys must not repeat
+    across the batches of one staging (the newest row per entity is chosen before).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        view: Any,
+        join_key: str,
+        timestamp_field: str,
+        chunk_entities: int = CHUNK_ENTITIES,
+    ) -> None:
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+        config = store.config
+        self._conn = store._get_provider().online_store._get_conn(config)
+        self._table = _quote_id(
+            _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+        )
+        self._prefix = _key_prefix(config, join_key)
+        self._join_key, self._timestamp_field = join_key, timestamp_field
+        self._features = sorted(view.features, key=lambda f: f.name)  # the table's key order
+        self._chunk = max(1, chunk_entities)
+        name = f"faaspipe_stage_{uuid.uuid4().hex}"
+        self._stage, self._names = _quote_id(name), _quote_id(name + "_names")
+        self._index = _quote_id(name + "_key")
+        self._staged = 0
+
+    def __enter__(self) -> Staged:
+        columns = ", ".join(f"v{i}, t{i}" for i in range(len(self._features)))
+        self._conn.execute(f"CREATE TEMP TABLE {self._stage} (entity_key, event_ts, {columns})")
+        self._conn.execute(f"CREATE TEMP TABLE {self._names} (i INTEGER PRIMARY KEY, name TEXT)")
+        self._conn.executemany(
+            f"INSERT INTO {self._names} VALUES (?, ?)", enumerate(f.name for f in self._features)
+        )
+        self._conn.commit()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn.in_transaction:
+            self._conn.rollback()
+        self._conn.execute(f"DROP TABLE IF EXISTS temp.{self._stage}")
+        self._conn.execute(f"DROP TABLE IF EXISTS temp.{self._names}")
+        self._conn.commit()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Stage ``batch`` (join key, event time, the view's features): one row per entity."""
+        prefix = self._prefix
+        keys = [prefix + struct.pack("<q", k) for k in batch.column(self._join_key).to_pylist()]
+        utc = batch.column(self._timestamp_field).cast(pa.timestamp("us", tz="UTC"))
+        naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
+        columns: list[list[Any]] = [keys, naive]
+        for feature in self._features:
+            columns.extend(_cells(str(feature.dtype), batch.column(feature.name)))
+        marks = ", ".join("?" * len(columns))
+        self._conn.executemany(f"INSERT INTO {self._stage} VALUES ({marks})", zip(*columns, strict=True))
+        self._conn.commit()
+        self._staged += len(keys)
+
+    def _bounds(self) -> list[bytes]:
+        """The first key of every chunk of ``chunk_entities`` staged keys, in key order."""
+        rows = self._conn.execute(
+            f"SELECT entity_key FROM (SELECT entity_key, row_number() OVER (ORDER BY entity_key) AS r"
+            f" FROM {self._stage}) WHERE (r - 1) % ? = 0",
+            (self._chunk,),
+        )
+        return [row[0] for row in rows]
+
+    def commit(self) -> int:
+        """Upsert everything staged into the view's table; returns the entities written."""
+        if not self._staged:
+            return 0
+        self._conn.execute(f"CREATE INDEX temp.{self._index} ON {self._stage} (entity_key)")
+        n = len(self._features)
+        value = "CASE n.i " + " ".join(f"WHEN {i} THEN s.v{i}" for i in range(n)) + " END"
+        text = "CASE n.i " + " ".join(f"WHEN {i} THEN s.t{i}" for i in range(n)) + " END"
+        select = (
+            f"INSERT INTO {self._table} (entity_key, feature_name, value, value_text, event_ts, created_ts)"
+            f" SELECT s.entity_key, n.name, {value}, {text}, s.event_ts, NULL"
+            f" FROM {self._stage} AS s CROSS JOIN {self._names} AS n WHERE s.entity_key >= ?{{upper}}"
+            " ORDER BY s.entity_key, n.i"
+            " ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value,"
+            " value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
+        bounds = self._bounds()
+        for low, high in zip(bounds, [*bounds[1:], None], strict=True):
+            with self._conn:
+                if high is None:
+                    self._conn.execute(select.format(upper=""), (low,))
+                else:
+                    self._conn.execute(select.format(upper=" AND s.entity_key < ?"), (low, high))
+        return self._staged
 
 
 def write_batch(store: Any, view: Any, batch: pa.RecordBatch, join_key: str, timestamp_field: str) -> None:
     """Upsert ``batch`` (join key, event time, the view's features) as Feast's SQLite store would."""
-    from feast.infra.online_stores.sqlite import _quote_id, _table_id
-
-    config = store.config
-    provider = store._get_provider()
-    conn = provider.online_store._get_conn(config)
-    table = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-    prefix = _key_prefix(config, join_key)
-    keys = [prefix + struct.pack("<q", k) for k in batch.column(join_key).to_pylist()]
-    utc = batch.column(timestamp_field).cast(pa.timestamp("us", tz="UTC"))
-    naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
-    rows: list[tuple[Any, ...]] = []
-    for feature in view.features:
-        values = batch.column(feature.name).to_pylist()
-        blobs, texts = _cells(str(feature.dtype), values)
-        name = feature.name
-        rows.extend(zip(keys, [name] * len(keys), blobs, texts, naive, [None] * len(keys), strict=True))
-    sql = (
-        f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET"
-        " value = excluded.value, value_text = excluded.value_text,"
-        " event_ts = excluded.event_ts, created_ts = excluded.created_ts;"
-    )
-    rows.sort(key=lambda row: (row[0], row[1]))  # index order: B-tree appends, not random inserts
-    with conn:
-        conn.executemany(sql, rows)
+    with Staged(store, view, join_key, timestamp_field) as staged:
+        staged.add(batch)
+        staged.commit()
