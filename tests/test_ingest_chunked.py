@@ -124,7 +124,7 @@ def test_newest_rows_keeps_the_latest_row_per_entity_in_range(tmp_path: Path) ->
     assert [r.tolist() for r in rows] == [[1], [0], [0]]
 
 
-def test_the_sqlite_fast_path_writes_the_rows_feast_writes(tmp_path: Path) -> None:
+def _fast_check(tmp_path: Path, *args: str) -> None:
     import subprocess
 
     from tests.conftest import REPO
@@ -133,7 +133,7 @@ def test_the_sqlite_fast_path_writes_the_rows_feast_writes(tmp_path: Path) -> No
     if not train.exists():
         pytest.skip("no train environment (make envs)")
     done = subprocess.run(
-        [str(train), "-m", "tests.sqlite_fast_check", str(tmp_path)],
+        [str(train), "-m", "tests.online_fast_check", str(tmp_path), *args],
         cwd=REPO,
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -142,3 +142,17 @@ def test_the_sqlite_fast_path_writes_the_rows_feast_writes(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "equal True" in done.stdout, done.stdout
+
+
+def test_the_sqlite_fast_path_writes_the_rows_feast_writes(tmp_path: Path) -> None:
+    _fast_check(tmp_path, "sqlite")
+
+
+def test_the_redis_fast_path_writes_the_hashes_feast_writes(tmp_path: Path) -> None:
+    from tests import services
+
+    problem = services.redis_problem()
+    if problem:
+        pytest.skip(f"no Redis: {problem}")
+    with services.claimed_redis_db() as fast, services.claimed_redis_db() as feast:
+        _fast_check(tmp_path, "redis", f"{services.REDIS_HOST}:{services.REDIS_PORT}", str(fast), str(feast))

@@ -9,9 +9,9 @@ keeps one row per entity, the newest, so this writes only those, streaming:
    entity with ``start <= event time <= end`` (the last one in file order on a tie);
 3. second pass, row group by row group: those rows are converted by Feast
    (``_convert_arrow_to_proto``, the conversion ``materialize`` uses) and written with the
-   online store's ``online_write_batch`` in batches of ``batch_rows`` (on SQLite, the same
-   rows encoded by ``sqlite_fast``, staged per entity and upserted once in the table's key
-   order);
+   online store's ``online_write_batch`` in batches of ``batch_rows`` (the same rows encoded
+   directly on SQLite, staged per entity and upserted once in the table's key order by
+   ``sqlite_fast``, and on Redis by ``redis_fast``);
 4. the materialised interval is recorded in the registry, as ``materialize`` does.
 """
 
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from functions.materialise import sqlite_fast
+from functions.materialise import redis_fast, sqlite_fast
 from shared import feast_repo, layout, settings
 from shared.contracts import Contract
 
@@ -95,6 +95,12 @@ def write_online(contract: Contract, parquet: pq.ParquetFile, rows: list[np.ndar
                 staged.add(batch)
             return staged.commit()
     written = 0
+    if redis_fast.supports(store, view):
+        writer = redis_fast.Writer(store, view, contract.entity_key, feast_repo.EVENT_TIMESTAMP)
+        for batch in _batches(parquet, rows, columns, batch_rows):
+            writer.write(batch)
+            written += batch.num_rows
+        return written
     for batch in _batches(parquet, rows, columns, batch_rows):
         rows_proto = _convert_arrow_to_proto(batch, view, join_keys)
         provider.online_write_batch(store.config, view, rows_proto, None)

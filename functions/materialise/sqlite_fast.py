@@ -24,90 +24,27 @@ so and the caller uses Feast's path. tests/test_ingest_chunked.py checks the row
 
 from __future__ import annotations
 
-import struct
 import uuid
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+
+from functions.materialise import encoding
 
 __all__ = ["Staged", "supports", "write_batch"]
 
-_DOUBLE, _STRING, _INT64 = b"\x29", b"\x12", b"\x20"
-_DOUBLE_CELL = np.dtype([("tag", "u1"), ("value", "<f8")])  # packed: 9 bytes, as the proto
 # Entities upserted per transaction: readers wait at most one of these (about a second).
 CHUNK_ENTITIES = 50_000
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
 def supports(store: Any, view: Any) -> bool:
-    config = store.config
-    online = config.online_store
+    """Whether these rows are the ones Feast's SQLite store would write for ``view``."""
+    online = store.config.online_store
     if getattr(online, "type", "") != "sqlite" or getattr(online, "vector_enabled", False):
         return False
     if getattr(online, "enable_openai_compatible_store", False) or len(view.entity_columns) != 1:
         return False
-    return all(str(f.dtype) in ("Float64", "String", "Int64") for f in view.features)
-
-
-def _key_prefix(config: Any, join_key: str) -> bytes:
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    def key(k: int) -> bytes:
-        return serialize_entity_key(
-            EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=k)]),
-            entity_key_serialization_version=config.entity_key_serialization_version,
-        )
-
-    zero, one = key(0), key(1)
-    if zero[:-8] != one[:-8] or one[-8:] != struct.pack("<q", 1):
-        raise RuntimeError("unexpected entity key serialisation")
-    return zero[:-8]
-
-
-def _doubles(column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
-    values = column.to_numpy(zero_copy_only=False).astype("float64", copy=False)  # null -> NaN
-    cells = np.empty(len(values), dtype=_DOUBLE_CELL)
-    cells["tag"] = _DOUBLE[0]
-    cells["value"] = values
-    raw, width = cells.tobytes(), _DOUBLE_CELL.itemsize
-    blobs = [raw[i : i + width] for i in range(0, len(raw), width)]
-    texts: list[str | None] = [str(v) for v in values.tolist()]
-    for i in np.flatnonzero(np.isnan(values)).tolist():
-        blobs[i], texts[i] = b"", None
-    return blobs, texts
-
-
-def _cells(kind: str, column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
-    if kind == "Float64":
-        return _doubles(column)
-    values = column.to_pylist()
-    if kind == "Int64":
-        blobs = [b"" if v is None else _INT64 + _varint(v) for v in values]
-        texts = [None if v is None else str(v) for v in values]
-        return blobs, texts
-    blobs = []
-    for v in values:
-        if v is None:
-            blobs.append(b"")
-        else:
-            raw = v.encode("utf8")
-            blobs.append(_STRING + _varint(len(raw)) + raw)
-    return blobs, values
+    return all(str(f.dtype) in encoding.SUPPORTED_TYPES for f in view.features)
 
 
 class Staged:
@@ -132,7 +69,7 @@ class Staged:
         self._table = _quote_id(
             _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
         )
-        self._prefix = _key_prefix(config, join_key)
+        self._prefix = encoding.key_prefix(config, join_key)
         self._join_key, self._timestamp_field = join_key, timestamp_field
         self._features = sorted(view.features, key=lambda f: f.name)  # the table's key order
         self._chunk = max(1, chunk_entities)
@@ -160,13 +97,12 @@ class Staged:
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Stage ``batch`` (join key, event time, the view's features): one row per entity."""
-        prefix = self._prefix
-        keys = [prefix + struct.pack("<q", k) for k in batch.column(self._join_key).to_pylist()]
+        keys = encoding.entity_keys(self._prefix, batch.column(self._join_key))
         utc = batch.column(self._timestamp_field).cast(pa.timestamp("us", tz="UTC"))
         naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
         columns: list[list[Any]] = [keys, naive]
         for feature in self._features:
-            columns.extend(_cells(str(feature.dtype), batch.column(feature.name)))
+            columns.extend(encoding.cells(str(feature.dtype), batch.column(feature.name)))
         marks = ", ".join("?" * len(columns))
         self._conn.executemany(f"INSERT INTO {self._stage} VALUES ({marks})", zip(*columns, strict=True))
         self._conn.commit()
