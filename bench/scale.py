@@ -12,7 +12,10 @@ wall and CPU seconds and its peak RSS (``VmHWM``) plus its RSS before the step:
   (``validate_bytes`` + ``offline_frame`` + ``to_parquet``; Feast's ``materialize``).
 
     python -m bench.scale [--rows 10000 1000000] [--ten-million] [--before] [--budget-mb 256]
-                          [--out bench/results/scale.json]
+                          [--redis HOST:PORT,db=N] [--out bench/results/scale.json]
+
+With ``--redis``, materialise also runs into Feast's Redis online store at that address (step
+``materialise_redis``); that database is **flushed** before the step.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
         validation = validate_bytes(contract, source.read_bytes(), key="a.csv", content_type=None)
         offline_frame(contract, validation.valid_table()).to_parquet(work / "before.parquet", index=False)
         count = validation.rows_written
-    elif step == "materialise":
+    elif step in ("materialise", "materialise_redis"):
         from functions.materialise.online_writer import batch_rows, newest_rows, write_online
 
         parquet = pq.ParquetFile(offline)
@@ -100,8 +103,23 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
     }
 
 
-def run_step(step: str, work: Path, rows: int, budget_mb: float, timeout: float) -> dict[str, Any]:
+def _flush(redis_address: str) -> None:
+    import redis
+
+    host_port, _, db = redis_address.partition(",db=")
+    host, _, port = host_port.rpartition(":")
+    redis.Redis(host, int(port), db=int(db or 0)).flushdb()
+
+
+def run_step(
+    step: str, work: Path, rows: int, budget_mb: float, timeout: float, redis_address: str | None = None
+) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAASPIPE_MEMORY_BUDGET_MB": str(budget_mb)}
+    if step == "materialise_redis":
+        if not redis_address:
+            raise ValueError("materialise_redis needs --redis")
+        _flush(redis_address)
+        env["FAASPIPE_FEAST_REDIS"] = redis_address
     env.update({"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     command = [str(TRAIN_PYTHON), "-m", "bench.scale", "--child", step, str(work), str(rows)]
     try:
@@ -144,6 +162,7 @@ def main() -> None:
     parser.add_argument("--ten-million", action="store_true", help="also 10,000,000 rows")
     parser.add_argument("--before", action="store_true", help="also the whole-file paths (slow, GBs at 1M)")
     parser.add_argument("--budget-mb", type=float, default=256)
+    parser.add_argument("--redis", help="also materialise into Redis at HOST:PORT,db=N (flushed first)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args()
@@ -153,15 +172,16 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
         "budget_mb": args.budget_mb,
-        "online_store": "sqlite",
+        "online_store": ["sqlite", *(["redis"] if args.redis else [])],
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         for rows in sizes:
             generate(work, rows)
-            for step in [*STEPS, *(BEFORE if args.before else ())]:
-                figures = run_step(step, work, rows, args.budget_mb, args.timeout)
+            steps = [*STEPS, *(["materialise_redis"] if args.redis else []), *(BEFORE if args.before else ())]
+            for step in steps:
+                figures = run_step(step, work, rows, args.budget_mb, args.timeout, args.redis)
                 print(json.dumps(figures), flush=True)
                 results["runs"].append(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)
