@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared import layout, settings
+from shared import layout, settings, training_sample
 from shared.contracts import Contract
 from shared.sqldb import DATABASE_URL_ENV
 
@@ -69,6 +69,7 @@ __all__ = [
     "online_store_kind",
     "read_offline",
     "training_frame",
+    "training_set",
     "view_features",
 ]
 
@@ -398,20 +399,41 @@ def materialise(contract: Contract, version: str, start: datetime, end: datetime
 
 
 def training_frame(contract: Contract, version: str) -> pd.DataFrame:
-    """Point-in-time join of version ``version``: entity key, event time, label, model features.
+    """The point-in-time join of version ``version`` (see :func:`training_set`), without its lineage."""
+    return training_set(contract, version)[0]
+
+
+def training_set(contract: Contract, version: str) -> tuple[pd.DataFrame, training_sample.Sample]:
+    """Point-in-time join of version ``version``: entity key, event time, label, model features;
+    and the sample of the version's rows it was built from.
 
     The entity dataframe (entity key, ``event_timestamp``, label) is read from the version's
-    offline Parquet; Feast joins the model features as of each row's event time.
+    offline Parquet, row group by row group, and sampled first when the version has more rows
+    than the contract's ``training.max_rows`` (``shared.training_sample``); Feast joins the model
+    features as of each row's event time.
     """
-    entities = read_offline(contract, version, [contract.entity_key, EVENT_TIMESTAMP, contract.label])
+    with training_sample.offline_file(contract, version) as parquet:
+        entities, sample = training_sample.entity_frame(contract, parquet, version)
+    if sample.sampled:
+        log.info(
+            "%s@%s: training set sampled to %d of %d rows (%s; classes %s)",
+            contract.name,
+            version,
+            sample.rows_out,
+            sample.rows_in,
+            sample.rule.describe(),
+            sample.classes,
+        )
     features = [f"{contract.feature_view}:{name}" for name in contract.model_features]
     joined = (
         feature_store(contract, version)
         .get_historical_features(entity_df=entities, features=features)
         .to_df()
     )
+    del entities
     columns = [contract.entity_key, EVENT_TIMESTAMP, contract.label, *contract.model_features]
-    return joined[columns].sort_values([EVENT_TIMESTAMP, contract.entity_key]).reset_index(drop=True)
+    frame = joined[columns].sort_values([EVENT_TIMESTAMP, contract.entity_key]).reset_index(drop=True)
+    return frame, sample
 
 
 def online_features(contract: Contract, entity_ids: Sequence[int]) -> list[dict[str, Any] | None]:
