@@ -55,6 +55,7 @@ from shared.sqldb import DATABASE_URL_ENV
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow.parquet as pq
     from feast import Entity, FeatureStore, FeatureView, FileSource
 
 __all__ = [
@@ -403,16 +404,22 @@ def training_frame(contract: Contract, version: str) -> pd.DataFrame:
     return training_set(contract, version)[0]
 
 
-def training_set(contract: Contract, version: str) -> tuple[pd.DataFrame, training_sample.Sample]:
+def training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile | None = None
+) -> tuple[pd.DataFrame, training_sample.Sample]:
     """Point-in-time join of version ``version``: entity key, event time, label, model features;
     and the sample of the version's rows it was built from.
 
     The entity dataframe (entity key, ``event_timestamp``, label) is read from the version's
-    offline Parquet, row group by row group, and sampled first when the version has more rows
+    offline Parquet (``parquet`` when it is local already, else streamed from the object store to
+    a temporary file), row group by row group, and sampled first when the version has more rows
     than the contract's ``training.max_rows`` (``shared.training_sample``); Feast joins the model
     features as of each row's event time.
     """
-    with training_sample.offline_file(contract, version) as parquet:
+    if parquet is None:
+        with training_sample.offline_file(contract, version) as local:
+            entities, sample = training_sample.entity_frame(contract, local, version)
+    else:
         entities, sample = training_sample.entity_frame(contract, parquet, version)
     if sample.sampled:
         log.info(

@@ -13,6 +13,7 @@ anywhere; calling the modelling functions needs the ``train`` environment.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -30,6 +31,7 @@ from shared.errors import EventRejected
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import pyarrow.parquet as pq
     import xgboost as xgb
     from minio import Minio
     from mlflow import MlflowClient
@@ -68,7 +70,9 @@ def load_training_frame(contract: Contract, version: str) -> pd.DataFrame:
     return load_training_set(contract, version)[0]
 
 
-def load_training_set(contract: Contract, version: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The training frame of a dataset version: entity key, event time, label, model features;
     and the lineage of the rows it holds (``shared.training_sample.Sample.lineage``).
 
@@ -77,7 +81,8 @@ def load_training_set(contract: Contract, version: str) -> tuple[pd.DataFrame, d
     when that module is importable; otherwise the version's offline Parquet read directly (the
     same sample). A contract with a ``streaming:`` section gets its rolling aggregates joined too,
     when the stream covers the rows (``shared.stream_join``; the columns then include them, see
-    ``shared.feature_set``).
+    ``shared.feature_set``). ``parquet``: the version's offline Parquet when it is local already
+    (bench, tests); else it is streamed from the object store to a temporary file.
     """
     from shared import training_sample
 
@@ -85,11 +90,13 @@ def load_training_set(contract: Contract, version: str) -> tuple[pd.DataFrame, d
         from shared.feast_repo import training_set
     except ImportError:
         log.warning("shared.feast_repo is not importable: reading the offline Parquet directly")
-        with training_sample.offline_file(contract, version) as parquet:
-            sample = training_sample.plan(parquet, contract.sample_rule, version)
-            rows = training_sample.read_rows(parquet, sample, parquet.schema_arrow.names).to_pandas()
+        with (
+            contextlib.nullcontext(parquet) if parquet else training_sample.offline_file(contract, version)
+        ) as local:
+            sample = training_sample.plan(local, contract.sample_rule, version)
+            rows = training_sample.read_rows(local, sample, local.schema_arrow.names).to_pandas()
         return prepare_frame(contract, rows), sample.lineage()
-    joined, sample = training_set(contract, version)
+    joined, sample = training_set(contract, version, parquet)
     frame = prepare_frame(contract, joined)
     del joined
     if contract.streaming is None:

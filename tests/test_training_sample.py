@@ -278,3 +278,75 @@ def test_a_retrain_window_samples_the_reference_and_keeps_the_newest_holdout(
     assert data.holdout["udi"].tolist() == list(range(20_301, 20_401))  # the newest 100, whole
     assert len(data.train) == 400 + 300 and data.train["udi"].max() == 20_300
     assert data.dataset_versions == ["ref", "p1"]
+
+
+# --------------------------------------------------------------------------- through Feast (train env)
+
+TRAIN_PYTHON = Path(__file__).resolve().parent.parent / ".venvs" / "train" / "bin" / "python"
+
+FEAST_JOIN = r"""
+import dataclasses, json, os, sys, warnings
+from pathlib import Path
+warnings.filterwarnings("ignore")
+work = Path(sys.argv[1])
+os.environ["FAASPIPE_STATE_DIR"] = str(work / "state")
+import pandas as pd, pyarrow.parquet as pq
+from functions.ingest.chunked import validate_file
+from shared import feast_repo, modelling
+from shared.contracts import get_contract
+
+contract = dataclasses.replace(get_contract("ai4i"), streaming=None)  # no stream parts to look for
+offline = work / "offline.parquet"
+validate_file(contract, Path(sys.argv[2]), "csv", chunk_rows=1000, offline_path=offline,
+              rejected_path=work / "rejected.csv")
+feast_repo.offline_uri = lambda contract, version: str(offline)  # a local FileSource
+capped = dataclasses.replace(
+    contract, training=dataclasses.replace(contract.sample_rule, max_rows=1000, min_per_class=60)
+)
+frame, lineage = modelling.load_training_set(capped, "v1", pq.ParquetFile(offline))
+whole, whole_lineage = modelling.load_training_set(contract, "v1", pq.ParquetFile(offline))
+again, _ = modelling.load_training_set(capped, "v1", pq.ParquetFile(offline))
+key = contract.entity_key
+subset = whole.set_index(key).loc[frame[key]].reset_index()[frame.columns]
+print(json.dumps({
+    "rows": len(frame), "whole_rows": len(whole), "lineage": lineage, "whole_lineage": whole_lineage,
+    "columns": list(frame.columns) == list(whole.columns),
+    "same_as_whole": bool(frame.reset_index(drop=True).equals(subset)),
+    "repeatable": bool(frame.equals(again)),
+    "positives": int(frame[contract.label].sum()),
+}))
+"""
+
+
+@pytest.mark.skipif(not TRAIN_PYTHON.exists(), reason="needs the train venv (.venvs/train)")
+def test_the_sampled_entity_frame_joins_through_feast_to_the_same_rows(tmp_path: Path) -> None:
+    """Feast joins the sampled entity frame (local FileSource, no stack): the sample's rows are
+    exactly the uncapped frame's rows of those entities, and the lineage counts them."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    csv = tmp_path / "rows.csv"
+    subprocess.run(
+        [str(TRAIN_PYTHON), "-m", "localdev.datagen", "--rows", "4000", "--seed", "3", str(csv)],
+        cwd=repo,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    done = subprocess.run(
+        [str(TRAIN_PYTHON), "-c", FEAST_JOIN, str(tmp_path), str(csv)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    lineage, whole = report["lineage"], report["whole_lineage"]
+    assert report["whole_rows"] == whole["rows_in"] == whole["rows_out"] == 4000 and not whole["sampled"]
+    assert report["rows"] == lineage["rows_out"] == 1000 and lineage["sampled"]
+    assert report["columns"] and report["same_as_whole"] and report["repeatable"]
+    assert report["positives"] == lineage["classes"]["1"]["rows_out"] >= 60
+    assert lineage["rule"]["max_rows"] == 1000 and lineage["dataset_version"] == "v1"
