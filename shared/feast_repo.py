@@ -141,8 +141,11 @@ def definition_fingerprint(contract: Contract, version: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def definitions(contract: Contract, version: str) -> tuple[Entity, FileSource, FeatureView]:
-    """The Feast objects of a contract whose source is dataset version ``version``."""
+def definitions(
+    contract: Contract, version: str, source_path: str | None = None
+) -> tuple[Entity, FileSource, FeatureView]:
+    """The Feast objects of a contract whose source is dataset version ``version`` (its offline
+    Parquet, or ``source_path``: a local file holding some of its rows)."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast import types as feast_types
     from feast.data_format import ParquetFormat
@@ -155,7 +158,7 @@ def definitions(contract: Contract, version: str) -> tuple[Entity, FileSource, F
     )
     source = FileSource(
         name=f"{contract.name}_offline",
-        path=offline_uri(contract, version),
+        path=source_path or offline_uri(contract, version),
         file_format=ParquetFormat(),
         timestamp_field=EVENT_TIMESTAMP,
         s3_endpoint_override=s3_endpoint(),
@@ -415,13 +418,31 @@ def training_set(
     a temporary file), row group by row group, and sampled first when the version has more rows
     than the contract's ``training.max_rows`` (``shared.training_sample``); Feast joins the model
     features as of each row's event time.
+
+    Feast's file offline store reads its whole source into memory (every row, the view's
+    columns) whatever the entity frame holds. So a sampled set is joined against a source of the
+    sampled entities' rows only (every row of each, so each row's point-in-time match is the
+    one the whole version gives), written row group by row group to a local file beside the
+    Parquet, through a store pinned to it for this join alone.
     """
     if parquet is None:
         with training_sample.offline_file(contract, version) as local:
-            entities, sample = training_sample.entity_frame(contract, local, version)
+            return _training_set(contract, version, local)
+    return _training_set(contract, version, parquet)
+
+
+def _training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile
+) -> tuple[pd.DataFrame, training_sample.Sample]:
+    entities, sample = training_sample.entity_frame(contract, parquet, version)
+    features = [f"{contract.feature_view}:{name}" for name in contract.model_features]
+    if not sample.sampled:
+        joined = (
+            feature_store(contract, version)
+            .get_historical_features(entity_df=entities, features=features)
+            .to_df()
+        )
     else:
-        entities, sample = training_sample.entity_frame(contract, parquet, version)
-    if sample.sampled:
         log.info(
             "%s@%s: training set sampled to %d of %d rows (%s; classes %s)",
             contract.name,
@@ -431,12 +452,15 @@ def training_set(
             sample.rule.describe(),
             sample.classes,
         )
-    features = [f"{contract.feature_view}:{name}" for name in contract.model_features]
-    joined = (
-        feature_store(contract, version)
-        .get_historical_features(entity_df=entities, features=features)
-        .to_df()
-    )
+        with tempfile.TemporaryDirectory(prefix="training-join-") as tmp:
+            source = Path(tmp) / "source.parquet"
+            kept = training_sample.write_entity_rows(
+                parquet, contract.entity_key, entities[contract.entity_key].to_numpy(), source
+            )
+            log.info("%s@%s: joining against the sampled entities' %d rows", contract.name, version, kept)
+            store = _store(Path(tmp), {"type": "sqlite", "path": str(Path(tmp) / "online.db")})
+            store.apply(list(definitions(contract, version, str(source))))
+            joined = store.get_historical_features(entity_df=entities, features=features).to_df()
     del entities
     columns = [contract.entity_key, EVENT_TIMESTAMP, contract.label, *contract.model_features]
     frame = joined[columns].sort_values([EVENT_TIMESTAMP, contract.entity_key]).reset_index(drop=True)

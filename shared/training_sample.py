@@ -51,6 +51,7 @@ __all__ = [
     "quotas",
     "read_rows",
     "row_keys",
+    "write_entity_rows",
 ]
 
 EVENT_TIMESTAMP = "event_timestamp"
@@ -248,6 +249,38 @@ def read_rows(parquet: pq.ParquetFile, sample: Sample, columns: Sequence[str]) -
     if not parts:
         return parquet.schema_arrow.empty_table().select(list(columns))
     return pa.concat_tables(parts)
+
+
+def write_entity_rows(parquet: pq.ParquetFile, key: str, entities: np.ndarray, path: Path) -> int:
+    """Every row of ``parquet`` whose ``key`` is one of ``entities`` (all columns), written to
+    ``path`` one row group at a time; the rows written."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(entities).unique()
+    written = 0
+    with _writer(path, parquet.schema_arrow) as writer:
+        for g in range(parquet.metadata.num_row_groups):
+            group = parquet.read_row_group(g)
+            group = group.filter(
+                pc.is_in(group.column(key), value_set=wanted.cast(group.schema.field(key).type))
+            )
+            if group.num_rows:
+                writer.write_table(group)
+                written += group.num_rows
+    return written
+
+
+@contextlib.contextmanager
+def _writer(path: Path, schema: pa.Schema) -> Iterator[Any]:
+    """A Parquet writer, closed (footer written) when the block ends."""
+    import pyarrow.parquet as pq
+
+    writer = pq.ParquetWriter(path, schema)
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 def entity_frame(contract: Contract, parquet: pq.ParquetFile, version: str) -> tuple[pd.DataFrame, Sample]:

@@ -350,3 +350,12 @@ def test_the_sampled_entity_frame_joins_through_feast_to_the_same_rows(tmp_path:
     assert report["columns"] and report["same_as_whole"] and report["repeatable"]
     assert report["positives"] == lineage["classes"]["1"]["rows_out"] >= 60
     assert lineage["rule"]["max_rows"] == 1000 and lineage["dataset_version"] == "v1"
+
+
+def test_the_sampled_entities_rows_are_written_for_the_join(tmp_path: Path) -> None:
+    parquet = _write(tmp_path / "v.parquet", 5000, row_group=700)
+    wanted = np.array([4999, 3, 700, 701, 3, 123456])  # a duplicate, one absent
+    written = training_sample.write_entity_rows(parquet, "udi", wanted, tmp_path / "rows.parquet")
+    table = pq.read_table(tmp_path / "rows.parquet")
+    assert written == 4 and table.column("udi").to_pylist() == [3, 700, 701, 4999]
+    assert table.schema == parquet.schema_arrow
