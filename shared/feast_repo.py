@@ -422,8 +422,8 @@ def training_set(
     Feast's file offline store reads its whole source into memory (every row, the view's
     columns) whatever the entity frame holds. So a sampled set is joined against a source of the
     sampled entities' rows only (every row of each, so each row's point-in-time match is the
-    one the whole version gives), written row group by row group to a local file beside the
-    Parquet, through a store pinned to it for this join alone.
+    one the whole version gives), written row group by row group to a temporary local file,
+    through a store pinned to it for this join alone (its registry in the same temporary folder).
     """
     if parquet is None:
         with training_sample.offline_file(contract, version) as local:

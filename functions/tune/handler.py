@@ -265,7 +265,7 @@ def _parent_run(
             "faaspipe.contract": contract.ref,
             "faaspipe.trigger_type": trigger["type"],
             "faaspipe.trigger_id": trigger["id"],
-            **training_sample_tags(data.get("training_sample")),
+            **training_sample.lineage_tags(data.get("training_sample")),
         },
     )
     params = {f"study.{k}": v for k, v in config.to_doc().items()}
@@ -427,11 +427,6 @@ def _completion_reply(state: dict[str, Any]) -> CloudEvent:
 def dataset_versions(state: dict[str, Any]) -> list[str]:
     """Every dataset version a study used (states before windows: its one version)."""
     return list(state["data"].get("dataset_versions") or [state["dataset_version"]])
-
-
-def training_sample_tags(lineage: dict[str, Any] | None) -> dict[str, str]:
-    """MLflow tags naming the rows a study trained on (none for states from before sampling)."""
-    return training_sample.lineage_tags(lineage)
 
 
 # --------------------------------------------------------------------------- tracking
