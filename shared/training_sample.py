@@ -169,11 +169,14 @@ def _all_positions(rows: int, step: int = 1 << 20) -> Iterator[np.ndarray]:
 
 
 def _classes(table: pa.Table, column: str) -> np.ndarray:
-    """The column's values as text (nulls as ``<null>``): the class of each row."""
+    """The class of each row: an integer column's values as they are (``str`` of one is its
+    class's name), any other column's as text, nulls as ``<null>``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     values = table.column(column)
+    if pa.types.is_integer(values.type) and values.null_count == 0:
+        return values.to_numpy()
     if not pa.types.is_string(values.type):
         values = pc.cast(values, pa.string())
     return pc.fill_null(values, NULL_CLASS).to_numpy(zero_copy_only=False)
@@ -208,8 +211,8 @@ def plan(parquet: pq.ParquetFile, rule: SampleRule, version: str) -> Sample:
         positions = np.arange(offset, offset + len(classes), dtype=np.int64)
         offset += len(classes)
         keys = row_keys(positions, rule.seed, version)
-        for c in np.unique(classes).tolist():
-            mask = classes == c
+        for value in np.unique(classes).tolist():
+            mask, c = classes == value, str(value)
             if c not in partial:
                 whole.append(positions[mask])
                 continue

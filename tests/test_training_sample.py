@@ -359,3 +359,14 @@ def test_the_sampled_entities_rows_are_written_for_the_join(tmp_path: Path) -> N
     table = pq.read_table(tmp_path / "rows.parquet")
     assert written == 4 and table.column("udi").to_pylist() == [3, 700, 701, 4999]
     assert table.schema == parquet.schema_arrow
+
+
+def test_a_text_column_may_stratify(tmp_path: Path) -> None:
+    parquet = _write(tmp_path / "v.parquet", 9000, row_group=1000)  # type: L on every 3rd row, else M
+    rule = SampleRule(max_rows=900, stratify="type", min_per_class=0, seed=1)
+    sample = training_sample.plan(parquet, rule, "v1")
+    assert sample.classes == {"L": (3000, 300), "M": (6000, 600)}
+    types = (
+        pq.read_table(tmp_path / "v.parquet", columns=["type"]).column("type").to_numpy(zero_copy_only=False)
+    )
+    assert (types[sample.positions] == "L").sum() == 300
