@@ -96,10 +96,9 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
         from shared import modelling
 
         cap = 10**15 if step == "training_set_uncapped" else int(os.environ.get(CAP_ENV) or 0)
-        if cap:
-            contract = dataclasses.replace(
-                contract, training=dataclasses.replace(contract.sample_rule, max_rows=cap)
-            )
+        rule = dataclasses.replace(contract.sample_rule, max_rows=cap or contract.sample_rule.max_rows)
+        # no streamed parts here (no object store): the batch view's join alone
+        contract = dataclasses.replace(contract, training=rule, streaming=None)
         frame, lineage = modelling.load_training_set(contract, "bench", pq.ParquetFile(offline))
         count = len(frame)
         del frame
