@@ -8,11 +8,19 @@ wall and CPU seconds and its peak RSS (``VmHWM``) plus its RSS before the step:
   budget) of a generated AI4I CSV into the offline Parquet;
 * ``materialise``: ``functions.materialise.online_writer`` (newest row per entity, bounded
   batches) of that Parquet into the online store;
+* ``training_set``: ``shared.modelling.load_training_set`` (what tune builds a study from) of
+  that Parquet: the contract's ``training:`` rule samples the entity frame (key, event time,
+  label, read row group by row group) before Feast's point-in-time join over a local FileSource;
+  ``--cap N`` replaces the rule's ``max_rows``;
 * ``ingest_before`` / ``materialise_before`` (``--before``): the whole-file paths they replace
-  (``validate_bytes`` + ``offline_frame`` + ``to_parquet``; Feast's ``materialize``).
+  (``validate_bytes`` + ``offline_frame`` + ``to_parquet``; Feast's ``materialize``);
+  ``training_set_uncapped`` (``--before``): the same join of every row, as before the cap.
+
+``--steps`` picks some steps (``ingest`` first: the others read its Parquet).
 
     python -m bench.scale [--rows 10000 1000000] [--ten-million] [--before] [--budget-mb 256]
-                          [--redis HOST:PORT,db=N] [--out bench/results/scale.json]
+                          [--redis HOST:PORT,db=N] [--steps ingest training_set] [--cap 100000]
+                          [--out bench/results/scale.json]
 
 With ``--redis``, materialise also runs into Feast's Redis online store at that address (step
 ``materialise_redis``); that database is **flushed** before the step.
@@ -34,8 +42,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PYTHON = REPO_ROOT / ".venvs" / "train" / "bin" / "python"
-STEPS = ("ingest", "materialise")
-BEFORE = ("ingest_before", "materialise_before")
+STEPS = ("ingest", "materialise", "training_set")
+BEFORE = ("ingest_before", "materialise_before", "training_set_uncapped")
+CAP_ENV = "FAASPIPE_BENCH_TRAINING_CAP"
 
 
 def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
@@ -54,11 +63,13 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
     contract = get_contract("ai4i")
     source, offline = work / f"rows-{rows}.csv", work / f"offline-{rows}.parquet"
     store = None
-    if step.startswith("materialise"):
+    if step.startswith(("materialise", "training_set")):
         local = str(offline)
         feast_repo.offline_uri = lambda contract, version: local  # a local FileSource
+    if step.startswith("materialise"):
         store = feast_repo.feature_store(contract)
         store.apply(list(feast_repo.definitions(contract, "bench")))
+    lineage: dict[str, Any] = {}
     rest = memory.rss_mb()
     started, cpu = time.perf_counter(), time.process_time()
     if step == "ingest":
@@ -83,6 +94,18 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
             parquet, contract.entity_key, dt(2000, 1, 1, tzinfo=UTC), dt(2100, 1, 1, tzinfo=UTC)
         )
         count = write_online(contract, parquet, chosen, batch_rows(settings.memory_budget_bytes()))
+    elif step.startswith("training_set"):
+        import dataclasses
+
+        from shared import modelling
+
+        cap = 10**15 if step == "training_set_uncapped" else int(os.environ.get(CAP_ENV) or 0)
+        rule = dataclasses.replace(contract.sample_rule, max_rows=cap or contract.sample_rule.max_rows)
+        # no streamed parts here (no object store): the batch view's join alone
+        contract = dataclasses.replace(contract, training=rule, streaming=None)
+        frame, lineage = modelling.load_training_set(contract, "bench", pq.ParquetFile(offline))
+        count = len(frame)
+        del frame
     else:
         assert store is not None
         store.materialize(dt(2000, 1, 1, tzinfo=UTC), dt(2100, 1, 1, tzinfo=UTC), [contract.feature_view])
@@ -100,6 +123,7 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
         "rss_before_mb": round(rest),
         "peak_rss_mb": round(peak),
         "rss_after_release_mb": round(memory.rss_mb()),
+        **({"sample": {k: lineage[k] for k in ("rule", "sampled", "classes")}} if lineage else {}),
     }
 
 
@@ -112,9 +136,16 @@ def _flush(redis_address: str) -> None:
 
 
 def run_step(
-    step: str, work: Path, rows: int, budget_mb: float, timeout: float, redis_address: str | None = None
+    step: str,
+    work: Path,
+    rows: int,
+    budget_mb: float,
+    timeout: float,
+    cap: int | None = None,
+    redis_address: str | None = None,
 ) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAASPIPE_MEMORY_BUDGET_MB": str(budget_mb)}
+    env[CAP_ENV] = str(cap or "")
     if step == "materialise_redis":
         if not redis_address:
             raise ValueError("materialise_redis needs --redis")
@@ -163,6 +194,13 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also the whole-file paths (slow, GBs at 1M)")
     parser.add_argument("--budget-mb", type=float, default=256)
     parser.add_argument("--redis", help="also materialise into Redis at HOST:PORT,db=N (flushed first)")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=[*STEPS, "materialise_redis", *BEFORE],
+        help="only these steps, in this order",
+    )
+    parser.add_argument("--cap", type=int, help="training_set: max_rows instead of the contract's")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args()
@@ -172,6 +210,7 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
         "budget_mb": args.budget_mb,
+        "training_cap": args.cap,
         "online_store": ["sqlite", *(["redis"] if args.redis else [])],
         "runs": [],
     }
@@ -179,9 +218,9 @@ def main() -> None:
         work = Path(tmp)
         for rows in sizes:
             generate(work, rows)
-            steps = [*STEPS, *(["materialise_redis"] if args.redis else []), *(BEFORE if args.before else ())]
-            for step in steps:
-                figures = run_step(step, work, rows, args.budget_mb, args.timeout, args.redis)
+            redis_step = ["materialise_redis"] if args.redis else []
+            for step in args.steps or [*STEPS, *redis_step, *(BEFORE if args.before else ())]:
+                figures = run_step(step, work, rows, args.budget_mb, args.timeout, args.cap, args.redis)
                 print(json.dumps(figures), flush=True)
                 results["runs"].append(figures)
     args.out.parent.mkdir(parents=True, exist_ok=True)

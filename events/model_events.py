@@ -7,6 +7,7 @@ from typing import ClassVar, Literal, NotRequired, TypedDict
 
 from events.catalogue import register
 from events.envelope import EventData
+from events.tuning_events import TrainingSample
 
 __all__ = [
     "Gate",
@@ -72,6 +73,7 @@ class ModelRegistered(EventData):
     feature_view: str
     metrics: ModelMetrics
     dataset_versions: list[str] = field(default_factory=list)  # every dataset version trained on
+    training_sample: TrainingSample | None = None  # the reference version's rows (None: not recorded)
 
 
 @register

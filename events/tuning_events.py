@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypedDict
 
 from events.catalogue import register
 from events.envelope import EventData
 
-__all__ = ["Params", "Pruner", "StudyCompleted", "TrialFinished", "TrialProgress", "TrialRequested"]
+__all__ = [
+    "Params",
+    "Pruner",
+    "SampleClass",
+    "SampleRuleDoc",
+    "StudyCompleted",
+    "TrainingSample",
+    "TrialFinished",
+    "TrialProgress",
+    "TrialRequested",
+]
 
 Params = dict[str, float | int | str | bool]
 Pruner = Literal["none", "median", "successive_halving"]
+
+
+class SampleRuleDoc(TypedDict):
+    max_rows: int
+    stratify: str
+    min_per_class: int
+    seed: int
+
+
+class SampleClass(TypedDict):
+    rows_in: int
+    rows_out: int
+
+
+class TrainingSample(TypedDict):
+    """The rows of the reference version a model trained on (``shared.training_sample.Sample.lineage``)."""
+
+    dataset_version: str
+    rule: SampleRuleDoc
+    sampled: bool
+    rows_in: int
+    rows_out: int
+    classes: dict[str, SampleClass]
+    positions_sha256: str
 
 
 @register
@@ -79,3 +113,4 @@ class StudyCompleted(EventData):
     stop_reason: Literal["budget_trials", "budget_time", "early_stop"]
     n_pruned: int = 0
     dataset_versions: list[str] = field(default_factory=list)  # every dataset version trained on
+    training_sample: TrainingSample | None = None  # the reference version's rows (None: not recorded)

@@ -49,12 +49,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared import layout, settings
+from shared import layout, settings, training_sample
 from shared.contracts import Contract
 from shared.sqldb import DATABASE_URL_ENV
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow.parquet as pq
     from feast import Entity, FeatureStore, FeatureView, FileSource
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "online_store_kind",
     "read_offline",
     "training_frame",
+    "training_set",
     "view_features",
 ]
 
@@ -139,8 +141,11 @@ def definition_fingerprint(contract: Contract, version: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def definitions(contract: Contract, version: str) -> tuple[Entity, FileSource, FeatureView]:
-    """The Feast objects of a contract whose source is dataset version ``version``."""
+def definitions(
+    contract: Contract, version: str, source_path: str | None = None
+) -> tuple[Entity, FileSource, FeatureView]:
+    """The Feast objects of a contract whose source is dataset version ``version`` (its offline
+    Parquet, or ``source_path``: a local file holding some of its rows)."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast import types as feast_types
     from feast.data_format import ParquetFormat
@@ -153,7 +158,7 @@ def definitions(contract: Contract, version: str) -> tuple[Entity, FileSource, F
     )
     source = FileSource(
         name=f"{contract.name}_offline",
-        path=offline_uri(contract, version),
+        path=source_path or offline_uri(contract, version),
         file_format=ParquetFormat(),
         timestamp_field=EVENT_TIMESTAMP,
         s3_endpoint_override=s3_endpoint(),
@@ -398,20 +403,68 @@ def materialise(contract: Contract, version: str, start: datetime, end: datetime
 
 
 def training_frame(contract: Contract, version: str) -> pd.DataFrame:
-    """Point-in-time join of version ``version``: entity key, event time, label, model features.
+    """The point-in-time join of version ``version`` (see :func:`training_set`), without its lineage."""
+    return training_set(contract, version)[0]
+
+
+def training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile | None = None
+) -> tuple[pd.DataFrame, training_sample.Sample]:
+    """Point-in-time join of version ``version``: entity key, event time, label, model features;
+    and the sample of the version's rows it was built from.
 
     The entity dataframe (entity key, ``event_timestamp``, label) is read from the version's
-    offline Parquet; Feast joins the model features as of each row's event time.
+    offline Parquet (``parquet`` when it is local already, else streamed from the object store to
+    a temporary file), row group by row group, and sampled first when the version has more rows
+    than the contract's ``training.max_rows`` (``shared.training_sample``); Feast joins the model
+    features as of each row's event time.
+
+    Feast's file offline store reads its whole source into memory (every row, the view's
+    columns) whatever the entity frame holds. So a sampled set is joined against a source of the
+    sampled entities' rows only (every row of each, so each row's point-in-time match is the
+    one the whole version gives), written row group by row group to a temporary local file,
+    through a store pinned to it for this join alone (its registry in the same temporary folder).
     """
-    entities = read_offline(contract, version, [contract.entity_key, EVENT_TIMESTAMP, contract.label])
+    if parquet is None:
+        with training_sample.offline_file(contract, version) as local:
+            return _training_set(contract, version, local)
+    return _training_set(contract, version, parquet)
+
+
+def _training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile
+) -> tuple[pd.DataFrame, training_sample.Sample]:
+    entities, sample = training_sample.entity_frame(contract, parquet, version)
     features = [f"{contract.feature_view}:{name}" for name in contract.model_features]
-    joined = (
-        feature_store(contract, version)
-        .get_historical_features(entity_df=entities, features=features)
-        .to_df()
-    )
+    if not sample.sampled:
+        joined = (
+            feature_store(contract, version)
+            .get_historical_features(entity_df=entities, features=features)
+            .to_df()
+        )
+    else:
+        log.info(
+            "%s@%s: training set sampled to %d of %d rows (%s; classes %s)",
+            contract.name,
+            version,
+            sample.rows_out,
+            sample.rows_in,
+            sample.rule.describe(),
+            sample.classes,
+        )
+        with tempfile.TemporaryDirectory(prefix="training-join-") as tmp:
+            source = Path(tmp) / "source.parquet"
+            kept = training_sample.write_entity_rows(
+                parquet, contract.entity_key, entities[contract.entity_key].to_numpy(), source
+            )
+            log.info("%s@%s: joining against the sampled entities' %d rows", contract.name, version, kept)
+            store = _store(Path(tmp), {"type": "sqlite", "path": str(Path(tmp) / "online.db")})
+            store.apply(list(definitions(contract, version, str(source))))
+            joined = store.get_historical_features(entity_df=entities, features=features).to_df()
+    del entities
     columns = [contract.entity_key, EVENT_TIMESTAMP, contract.label, *contract.model_features]
-    return joined[columns].sort_values([EVENT_TIMESTAMP, contract.entity_key]).reset_index(drop=True)
+    frame = joined[columns].sort_values([EVENT_TIMESTAMP, contract.entity_key]).reset_index(drop=True)
+    return frame, sample
 
 
 def online_features(contract: Contract, entity_ids: Sequence[int]) -> list[dict[str, Any] | None]:

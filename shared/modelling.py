@@ -13,6 +13,7 @@ anywhere; calling the modelling functions needs the ``train`` environment.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -30,6 +31,7 @@ from shared.errors import EventRejected
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import pyarrow.parquet as pq
     import xgboost as xgb
     from minio import Minio
     from mlflow import MlflowClient
@@ -64,24 +66,44 @@ def rejection(message: str) -> Exception:
 
 
 def load_training_frame(contract: Contract, version: str) -> pd.DataFrame:
-    """The training frame of a dataset version: entity key, event time, label, model features.
+    """The training frame of a dataset version (:func:`load_training_set` without its lineage)."""
+    return load_training_set(contract, version)[0]
 
-    The Feast point-in-time join (``shared.feast_repo.training_frame``) when that module is
-    importable; otherwise the version's offline Parquet read directly. A contract with a
-    ``streaming:`` section gets its rolling aggregates joined too, when the stream covers the
-    rows (``shared.stream_join``; the columns then include them, see ``shared.feature_set``).
+
+def load_training_set(
+    contract: Contract, version: str, parquet: pq.ParquetFile | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The training frame of a dataset version: entity key, event time, label, model features;
+    and the lineage of the rows it holds (``shared.training_sample.Sample.lineage``).
+
+    A version over its contract's ``training.max_rows`` is sampled (stratified, declared seed)
+    before anything else is read. The Feast point-in-time join (``shared.feast_repo.training_set``)
+    when that module is importable; otherwise the version's offline Parquet read directly (the
+    same sample). A contract with a ``streaming:`` section gets its rolling aggregates joined too,
+    when the stream covers the rows (``shared.stream_join``; the columns then include them, see
+    ``shared.feature_set``). ``parquet``: the version's offline Parquet when it is local already
+    (bench, tests); else it is streamed from the object store to a temporary file.
     """
+    from shared import training_sample
+
     try:
-        from shared.feast_repo import training_frame
+        from shared.feast_repo import training_set
     except ImportError:
         log.warning("shared.feast_repo is not importable: reading the offline Parquet directly")
-        return prepare_frame(contract, read_offline_parquet(contract, version))
-    frame = prepare_frame(contract, training_frame(contract, version))
+        with (
+            contextlib.nullcontext(parquet) if parquet else training_sample.offline_file(contract, version)
+        ) as local:
+            sample = training_sample.plan(local, contract.sample_rule, version)
+            rows = training_sample.read_rows(local, sample, local.schema_arrow.names).to_pandas()
+        return prepare_frame(contract, rows), sample.lineage()
+    joined, sample = training_set(contract, version, parquet)
+    frame = prepare_frame(contract, joined)
+    del joined
     if contract.streaming is None:
-        return frame
+        return frame, sample.lineage()
     from shared.stream_join import join_aggregates
 
-    return prepare_frame(contract, join_aggregates(contract, frame))
+    return prepare_frame(contract, join_aggregates(contract, frame)), sample.lineage()
 
 
 def read_offline_parquet(contract: Contract, version: str) -> pd.DataFrame:

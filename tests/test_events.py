@@ -134,6 +134,19 @@ EXAMPLES: list[EventData] = [
         dataset_checksum=SHA,
         feature_view="credit_features",
         metrics={"roc_auc": 0.91, "pr_auc": 0.55, "f1": 0.6, "threshold": 0.35, "brier": 0.08},
+        dataset_versions=["2025-03-01"],
+        training_sample={
+            "dataset_version": "2025-03-01",
+            "rule": {"max_rows": 500000, "stratify": "default", "min_per_class": 1000, "seed": 42},
+            "sampled": True,
+            "rows_in": 2000000,
+            "rows_out": 500000,
+            "classes": {
+                "0": {"rows_in": 1900000, "rows_out": 475000},
+                "1": {"rows_in": 100000, "rows_out": 25000},
+            },
+            "positions_sha256": SHA,
+        },
     ),
     events.ModelPromoted(
         model_name="credit-default",

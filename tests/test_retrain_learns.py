@@ -211,6 +211,18 @@ def test_a_retrain_learns_the_changed_rule_from_labelled_production_data(stack: 
     )
     v1 = v1_registered.get_data()["version"]
     assert v1_registered.get_data()["dataset_versions"] == [reference_version]
+    # the contract caps training sets at 3,000 rows: the 5,000-row reference is sampled
+    v1_sample = v1_registered.get_data()["training_sample"]
+    assert v1_sample["dataset_version"] == reference_version and v1_sample["sampled"] is True
+    assert v1_sample["rows_in"] == 5000 and v1_sample["rows_out"] == 3000
+    assert v1_sample["rule"] == {
+        "max_rows": 3000,
+        "stratify": "machine_failure",
+        "min_per_class": 100,
+        "seed": 7,
+    }
+    assert sum(c["rows_out"] for c in v1_sample["classes"].values()) == 3000
+    assert v1_sample["classes"]["1"]["rows_out"] >= min(100, v1_sample["classes"]["1"]["rows_in"])
     decision = _wait_for(
         log,
         lambda e: (
@@ -349,6 +361,14 @@ def test_a_retrain_learns_the_changed_rule_from_labelled_production_data(stack: 
     )
     tags = {t["key"]: t["value"] for t in json.loads(resp.data)["model_version"].get("tags", [])}
     assert tags["faaspipe.dataset_versions"] == ",".join(versions)
+
+    # the retrain sampled the same reference by the same rule: the same rows, recorded everywhere
+    sample = study.get_data()["training_sample"]
+    assert sample == v1_sample == v2_registered.get_data()["training_sample"]
+    assert state["data"]["training_sample"] == sample and meta["training_sample"] == sample
+    assert state["data"]["window"]["rows_reference"] <= 3000  # the sample, less production's entities
+    assert tags["faaspipe.training_sample_sha256"] == sample["positions_sha256"]
+    assert json.loads(tags["faaspipe.training_sample"]) == sample
     log.close()
 
 

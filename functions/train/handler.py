@@ -34,7 +34,7 @@ from typing import Any
 
 from events import ModelRegistered, StudyCompleted
 from functions.train.fit import TrainedModel, train_final
-from shared import concurrency, engine, feature_set, layout, modelling
+from shared import concurrency, engine, feature_set, layout, modelling, training_sample
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, get_contract
 
@@ -181,6 +181,11 @@ def dataset_versions(state: dict[str, Any]) -> list[str]:
     return list(state["data"].get("dataset_versions") or [state["dataset_version"]])
 
 
+def sample_lineage(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The lineage of the reference version's rows the study used (None: a state from before sampling)."""
+    return state["data"].get("training_sample")
+
+
 # --------------------------------------------------------------------------- MLflow
 
 
@@ -222,6 +227,7 @@ def _new_run(client: Any, state: dict[str, Any], contract: Contract) -> str:
             "faaspipe.dataset_checksum": state["data"]["checksum"],
             "faaspipe.feature_view": state["feature_view"],
             "faaspipe.contract": contract.ref,
+            **training_sample.lineage_tags(sample_lineage(state)),
         },
     )
     return str(run.info.run_id)
@@ -289,6 +295,7 @@ def _tag_version(
         "faaspipe.holdout_pr_auc": f"{trained.metrics['pr_auc']:.6f}",
         "faaspipe.threshold": f"{trained.threshold:.6f}",
         "faaspipe.feature_set": feature_set.label(feature_set.model_aggregates(contract, trained.features)),
+        **training_sample.lineage_tags(sample_lineage(state)),
     }
     for key, value in tags.items():
         client.set_model_version_tag(contract.model_name, version, key, value)
@@ -330,6 +337,7 @@ def _write_serving_artefacts(
         "study_id": state["study_id"],
         "dataset_version": state["dataset_version"],
         "dataset_versions": dataset_versions(state),
+        "training_sample": sample_lineage(state),
         "split": state["data"].get("split", "stratified"),
         "holdout_key": state["data"]["holdout_key"],
         "dataset_checksum": state["data"]["checksum"],
@@ -367,4 +375,5 @@ def _registered_event(
         feature_view=state["feature_view"],
         metrics={k: float(metrics[k]) for k in ("roc_auc", "pr_auc", "f1", "threshold", "brier")},
         dataset_versions=dataset_versions(state),
+        training_sample=sample_lineage(state),
     ).to_event(source=SOURCE, subject=f"{name}/{version}", id=f"{state['study_id']}.registered")

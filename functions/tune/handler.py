@@ -41,7 +41,7 @@ from events import (
 )
 from functions.tune import study, window
 from functions.tune.space import XGBOOST_SPACE, Dimension, initial_design, params_of, suggest
-from shared import concurrency, contracts, layout, modelling
+from shared import concurrency, contracts, layout, modelling, training_sample
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract, all_contracts
 from shared.emit import emit
@@ -176,6 +176,7 @@ def _create_study(
         "dataset_versions": parts.dataset_versions,
         "split": parts.split,
         "window": parts.window,
+        "training_sample": parts.sample,  # the reference version's rows (shared/training_sample.py)
     }
     log.info(
         "study %s: %d train / %d holdout rows of %s@%s (%.1fs)",
@@ -264,6 +265,7 @@ def _parent_run(
             "faaspipe.contract": contract.ref,
             "faaspipe.trigger_type": trigger["type"],
             "faaspipe.trigger_id": trigger["id"],
+            **training_sample.lineage_tags(data.get("training_sample")),
         },
     )
     params = {f"study.{k}": v for k, v in config.to_doc().items()}
@@ -418,6 +420,7 @@ def _completion_reply(state: dict[str, Any]) -> CloudEvent:
         stop_reason=completion["stop_reason"],
         n_pruned=int(completion.get("n_pruned", 0)),
         dataset_versions=dataset_versions(state),
+        training_sample=state["data"].get("training_sample"),
     ).to_event(source=SOURCE, subject=state["study_id"], id=f"{state['study_id']}.completed")
 
 

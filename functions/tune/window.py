@@ -12,6 +12,10 @@
 
 ``dataset_versions`` names every version used, the reference first: it travels on the study's
 state, ``study.completed``, ``model.registered``, the MLflow tags and the model's meta.json.
+So does ``sample``, the lineage of the reference version's rows: a version over its contract's
+``training.max_rows`` is sampled (``shared.training_sample``) before its join; in a retrain
+window only the reference (training data) is sampled, the production rows (bounded by
+``FAASPIPE_RETRAIN_PRODUCTION_ROWS``) never are, so the time holdout stays the newest slice.
 """
 
 from __future__ import annotations
@@ -57,12 +61,13 @@ class TrainingData:
     dataset_versions: list[str]  # the reference version first
     split: str  # "stratified" | "time"
     window: dict[str, object]  # what was declared and found (kept in the study state)
+    sample: dict[str, object] | None = None  # the reference version's rows: the sample's lineage
 
 
 def first_study(contract: Contract, version: str, *, fraction: float, seed: int) -> TrainingData:
-    frame = modelling.load_training_frame(contract, version)
+    frame, sample = modelling.load_training_set(contract, version)
     train, holdout = modelling.split_holdout(contract, frame, fraction=fraction, seed=seed)
-    return TrainingData(frame, train, holdout, [version], "stratified", {"reference": version})
+    return TrainingData(frame, train, holdout, [version], "stratified", {"reference": version}, sample)
 
 
 def production_versions(contract: Contract) -> list[dict[str, object]]:
@@ -144,7 +149,9 @@ def retrain_window(
         data = first_study(contract, reference, fraction=fallback_fraction, seed=seed)
         data.window = {**declared, "fallback": "recent holdout of one class"}
         return data
-    base = modelling.load_training_frame(contract, reference)
+    # the reference version is training data only: sampled under the contract's rule (the
+    # holdout, the newest production rows, is never sampled and stays the newest slice)
+    base, sample = modelling.load_training_set(contract, reference)
     # one feature set for the whole window: production rows are not joined with the stream (yet),
     # so a window with them trains on the contract's features (shared/feature_set.py)
     base = base.drop(columns=list(feature_set.aggregates_in(contract, base.columns)))
@@ -172,7 +179,7 @@ def retrain_window(
         used,
         len(holdout),
     )
-    return TrainingData(frame, train, holdout, [reference, *used], "time", window)
+    return TrainingData(frame, train, holdout, [reference, *used], "time", window, sample)
 
 
 def training_data(

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from shared.contracts.streaming import StreamingSpec, parse_streaming
+from shared.contracts.training import DEFAULT_MAX_ROWS, SampleRule, parse_training
 from shared.rollout import RolloutPolicy, RolloutPolicyError
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
@@ -79,11 +80,17 @@ class Contract:
     model_name: str
     rollout: RolloutPolicy = RolloutPolicy()  # how a new challenger reaches live traffic
     streaming: StreamingSpec | None = None  # rolling windows of streamed readings (None: no stream)
+    training: SampleRule | None = None  # how a big version's training set is sampled (set by load_contract)
 
     @property
     def stream_feature_view(self) -> str:
         """The Feast view streamed readings are pushed to: latest values + rolling aggregates."""
         return f"{self.feature_view}_stream"
+
+    @property
+    def sample_rule(self) -> SampleRule:
+        """The declared training-set rule (the section's defaults when it has none)."""
+        return self.training or SampleRule(max_rows=DEFAULT_MAX_ROWS, stratify=self.label)
 
     @property
     def ref(self) -> str:
@@ -208,8 +215,17 @@ def load_contract(path: Path) -> Contract:
         )
         numeric = [c.name for c in contract.columns if c.type in ("int", "float")] + list(contract.derived)
         numeric = [n for n in numeric if n not in (contract.entity_key, contract.label)]
+        discrete = [c.name for c in contract.columns if c.type in ("int", "string", "category")]
         contract = dataclasses.replace(
-            contract, streaming=parse_streaming(doc.get("streaming"), str(path), numeric)
+            contract,
+            streaming=parse_streaming(doc.get("streaming"), str(path), numeric),
+            training=parse_training(
+                doc.get("training"),
+                str(path),
+                label=contract.label,
+                columns=discrete,
+                classes={c.name: c.values for c in contract.columns},
+            ),
         )
     except (RolloutPolicyError, ValueError) as exc:
         raise ContractError(str(exc)) from exc
