@@ -43,8 +43,14 @@ def wait_for_ports(config: StackConfig, timeout_s: float = 90.0) -> None:
 
 
 @contextmanager
-def bench_stack(storage: str, port_base: int, function_dirs: str | None = None) -> Iterator[StackConfig]:
-    """A dedicated stack in a temporary state dir; always stopped, state kept on failure."""
+def bench_stack(
+    storage: str,
+    port_base: int,
+    function_dirs: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[StackConfig]:
+    """A dedicated stack in a temporary state dir (``extra_env``: settings every process gets);
+    always stopped, state kept on failure."""
     state_dir = Path(tempfile.mkdtemp(prefix="faaspipe-bench-"))
     env = {
         **os.environ,
@@ -53,6 +59,7 @@ def bench_stack(storage: str, port_base: int, function_dirs: str | None = None) 
         "FAASPIPE_FUNCTION_DIRS": function_dirs or str(REPO_ROOT / "bench" / "functions"),
         "FAASPIPE_KAFKA_STORAGE": storage,
         "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
     }
 
     def cli(command: str) -> int:

@@ -94,8 +94,11 @@ def run_chain(
     print(f"uploaded {what} to s3://landing/{landing_key}; following the pipeline ...", flush=True)
     outcome = None
     registered: dict[str, dict] = {}  # type: ignore[type-arg]
+    first_seen: dict[str, float] = {}  # event type (short) -> seconds after the upload
     for event in log.events(timeout_s):
         data = event.get_data() or {}
+        short = event.get_type().removeprefix("dev.faaspipe.").removesuffix(".v1")
+        first_seen.setdefault(short, round(time.monotonic() - started, 2))
         print(
             f"  {time.monotonic() - started:6.1f}s  {event.get_type().removeprefix('dev.faaspipe.')}"
             f"  {_summary(event.get_type(), data)}",
@@ -145,6 +148,7 @@ def run_chain(
         "metrics": metrics,
         "drop_to_serving_s": seconds,
         "dataset": what,
+        "first_event_s": first_seen,
     }
 
 
