@@ -112,3 +112,26 @@ def test_a_record_that_is_not_a_reading_is_rejected_and_its_neighbours_stored(
     assert rejected.get_data()["reading_id"] == "junk"
     assert [r["rule"] for r in rejected.get_data()["reasons"]] == ["schema"]
     assert len(fn.store.window("ai4i", 9)) == 2
+
+
+def test_the_online_write_stores_the_rows_a_feast_push_stores(tmp_path: Path) -> None:
+    """``feast_stream.push`` on the SQLite online store (rows encoded and upserted directly) leaves
+    the same table as Feast's ``FeatureStore.push`` of the same rows (tests/stream_push_check.py)."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    train = REPO / ".venvs" / "train" / "bin" / "python"
+    if not train.exists():
+        pytest.skip("no train environment (make envs)")
+    done = subprocess.run(
+        [str(train), "-m", "tests.stream_push_check", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "equal True" in done.stdout, done.stdout

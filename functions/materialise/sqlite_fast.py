@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import struct
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["supports", "write_batch"]
+__all__ = ["supports", "write_batch", "write_rows"]
 
 _DOUBLE, _STRING, _INT64 = b"\x29", b"\x12", b"\x20"
 _pack_double = struct.Struct("<d").pack
@@ -84,6 +85,22 @@ def _cells(kind: str, values: list[Any]) -> tuple[list[bytes], list[str | None]]
 
 def write_batch(store: Any, view: Any, batch: pa.RecordBatch, join_key: str, timestamp_field: str) -> None:
     """Upsert ``batch`` (join key, event time, the view's features) as Feast's SQLite store would."""
+    utc = batch.column(timestamp_field).cast(pa.timestamp("us", tz="UTC"))
+    naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
+    columns = {f.name: batch.column(f.name).to_pylist() for f in view.features}
+    write_rows(store, view, join_key, batch.column(join_key).to_pylist(), naive, columns)
+
+
+def write_rows(
+    store: Any,
+    view: Any,
+    join_key: str,
+    keys: list[int],
+    event_times: list[datetime],
+    columns: dict[str, list[Any]],
+) -> None:
+    """Upsert one row per entity: ``keys[i]`` at ``event_times[i]`` (naive UTC, microseconds) with
+    ``columns[feature][i]`` for each of the view's features (None: a null), as Feast would."""
     from feast.infra.online_stores.sqlite import _quote_id, _table_id
 
     config = store.config
@@ -91,15 +108,22 @@ def write_batch(store: Any, view: Any, batch: pa.RecordBatch, join_key: str, tim
     conn = provider.online_store._get_conn(config)
     table = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
     prefix = _key_prefix(config, join_key)
-    keys = [prefix + struct.pack("<q", k) for k in batch.column(join_key).to_pylist()]
-    utc = batch.column(timestamp_field).cast(pa.timestamp("us", tz="UTC"))
-    naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
+    entity_keys = [prefix + struct.pack("<q", k) for k in keys]
     rows: list[tuple[Any, ...]] = []
     for feature in view.features:
-        values = batch.column(feature.name).to_pylist()
-        blobs, texts = _cells(str(feature.dtype), values)
+        blobs, texts = _cells(str(feature.dtype), columns[feature.name])
         name = feature.name
-        rows.extend(zip(keys, [name] * len(keys), blobs, texts, naive, [None] * len(keys), strict=True))
+        rows.extend(
+            zip(
+                entity_keys,
+                [name] * len(keys),
+                blobs,
+                texts,
+                event_times,
+                [None] * len(keys),
+                strict=True,
+            )
+        )
     sql = (
         f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET"
