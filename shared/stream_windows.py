@@ -188,7 +188,7 @@ class WindowStore:
                 (dataset, *chunk),
             )
             for entity, reading_id, event_time, vals in rows:
-                out[int(entity)][reading_id] = Reading(reading_id, float(event_time), json.loads(vals))
+                out[int(entity)][reading_id] = Reading(reading_id, float(event_time), _values(vals))
         return out
 
     def window(self, dataset: str, entity: int) -> list[Reading]:
@@ -231,6 +231,21 @@ class WindowStore:
                 (dataset, first, last),
             )
         return len(rows)
+
+
+_DECODED: dict[str, dict[str, Any]] = {}
+DECODED_MAX = 50_000  # a window's readings are read again by each batch that touches the entity
+
+
+def _values(text: str) -> dict[str, Any]:
+    """A stored reading's values, decoded once per process (by their JSON text: a row's text
+    never changes, and nobody mutates a window's values)."""
+    values = _DECODED.get(text)
+    if values is None:
+        if len(_DECODED) >= DECODED_MAX:
+            _DECODED.clear()
+        values = _DECODED[text] = json.loads(text)
+    return values
 
 
 def _order(reading: Reading) -> tuple[float, str]:
