@@ -4,8 +4,9 @@ with a ``streaming:`` section (``shared/contracts/streaming.py``).
 The view holds an entity's latest reading (the same raw, derived and identifier features as
 the batch view ``contract.feature_view``), the declared rolling aggregates, ``window_readings``
 (readings in the window) and ``reading_id`` (the latest reading's ``<source>/<id>``, what a
-client matches to see its own reading served). stream-features pushes each accepted reading
-to the online store (``store.push(..., to=PushMode.ONLINE)``) and writes the same rows, in
+client matches to see its own reading served). stream-features writes each accepted reading
+to the online store (:func:`push`: on SQLite the rows a ``store.push(..., to=PushMode.ONLINE)``
+writes, upserted directly; elsewhere that push) and writes the same rows, in
 batches, as Parquet parts under ``s3://features/stream/<dataset>/``: the push source's batch
 source, which ``get_historical_features`` joins point-in-time for training.
 
@@ -163,12 +164,59 @@ def _frame(contract: Contract, rows: Sequence[dict[str, Any]]) -> Any:
 
 
 def push(contract: Contract, rows: Sequence[dict[str, Any]]) -> None:
-    """Write rows (entity key, ``event_timestamp`` in epoch seconds, the stream features) online."""
+    """Write rows (entity key, ``event_timestamp`` in epoch seconds, the stream features) online.
+
+    On Feast's SQLite online store the rows are encoded and upserted directly
+    (``functions/materialise/sqlite_fast.py``: the same rows ``online_write_batch`` writes,
+    without the DataFrame, Arrow and ``ValueProto`` conversions a ``FeatureStore.push`` makes,
+    most of a batch's cost); any other store gets the push."""
+    store = feast_repo.feature_store(contract)
+    view = _online_view(contract)
+    if view is not None:
+        from functions.materialise import sqlite_fast
+
+        key = contract.entity_key
+        columns = {f.name: _typed(str(f.dtype), [row.get(f.name) for row in rows]) for f in view.features}
+        times = _event_times([row[feast_repo.EVENT_TIMESTAMP] for row in rows])
+        sqlite_fast.write_rows(store, view, key, [int(row[key]) for row in rows], times, columns)
+        return
     from feast.data_source import PushMode
 
-    feast_repo.feature_store(contract).push(
-        push_source_name(contract), _frame(contract, rows), to=PushMode.ONLINE
-    )
+    store.push(push_source_name(contract), _frame(contract, rows), to=PushMode.ONLINE)
+
+
+_ONLINE_VIEWS: dict[str, Any] = {}
+
+
+def _online_view(contract: Contract) -> FeatureView | None:
+    """The stream view when the SQLite fast path can write it (cached per process), else None."""
+    from functions.materialise import sqlite_fast
+
+    key = f"{feast_repo.feast_dir()}|{contract.stream_feature_view}|{fingerprint(contract)}"
+    if key not in _ONLINE_VIEWS:
+        store = feast_repo.feature_store(contract)
+        view = store.get_feature_view(contract.stream_feature_view)
+        _ONLINE_VIEWS[key] = view if sqlite_fast.supports(store, view) else None
+    return _ONLINE_VIEWS[key]
+
+
+def _typed(kind: str, values: list[Any]) -> list[Any]:
+    """Values as a DataFrame column holds them for Feast: floats for Float64 (an int too), ints
+    for Int64, None for a missing value (a NaN stays a NaN: the encoder writes a null)."""
+    if kind == "Float64":
+        return [None if v is None else float(v) for v in values]
+    if kind == "Int64":
+        return [None if v is None else int(v) for v in values]
+    return values
+
+
+def _event_times(seconds: list[float]) -> list[datetime]:
+    """Epoch seconds → the naive UTC datetimes a push writes: pandas' ``to_datetime(unit="s")``
+    (as ``_frame``: its float rounding included), truncated to microseconds as Feast does."""
+    import pandas as pd
+
+    stamps = pd.to_datetime(pd.Series(seconds, dtype="float64"), unit="s", utc=True)
+    return list(stamps.dt.tz_localize(None).to_numpy().astype("datetime64[us]").tolist())
 
 
 def write_offline_part(contract: Contract, first: int, last: int, rows: Sequence[dict[str, Any]]) -> str:

@@ -10,13 +10,17 @@ the entity's last ``window`` readings by event time are read and older ones dele
 caller's ``publish`` (the online push) runs *inside* the lock, so two replicas' pushes for one
 entity land in the order their windows were computed. Rows for the offline store are buffered
 in the same transaction and handed out in batches by :meth:`WindowStore.take_offline`.
+A batch of readings (:meth:`WindowStore.update_many`) has the effect of those updates one by
+one, in one transaction: its entities are locked and their windows read once, each reading's
+window is computed in memory, and only the rows that changed are written.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,45 +104,54 @@ class WindowStore:
         entities' rows are locked (sorted, so replicas never deadlock), each reading enters its
         entity's window, then ``publish`` gets the (entity, window) of every new reading in
         order, once, still under the locks; the rows it returns are buffered for the offline
-        store. Returns, per item, whether the reading was new."""
+        store. Returns, per item, whether the reading was new.
+
+        The effect is that of adding the readings one by one (insert unless the id is there,
+        keep the last ``window`` by event time, ties by reading id): the batch's entities'
+        windows are read once, each reading's window is computed in memory, and only the
+        difference (readings kept that were not stored, stored ones that fell out) is written."""
         news: list[bool] = []
         published: list[tuple[int, list[Reading]]] = []
         with self.db.transaction() as db:
-            for entity in sorted({e for e, _ in items}):
-                db.execute(
-                    "INSERT INTO stream_entities (dataset, entity) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    (dataset, entity),
-                )
-                if db.postgres:
-                    db.execute(
-                        "SELECT entity FROM stream_entities WHERE dataset = ? AND entity = ? FOR UPDATE",
-                        (dataset, entity),
-                    )
+            entities = sorted({e for e, _ in items})
+            self._lock_entities(db, dataset, entities)
+            stored = self._read_windows(db, dataset, entities)
+            current = {e: dict(rows) for e, rows in stored.items()}  # reading id -> reading
+            ordered = {e: sorted(rows.values(), key=_order) for e, rows in stored.items()}
             for entity, reading in items:
-                _, inserted = db.execute(
-                    "INSERT INTO stream_readings (dataset, entity, reading_id, event_time, vals)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (dataset, entity, reading.reading_id, reading.event_time, json.dumps(reading.values)),
-                )
-                rows, _ = db.execute(
-                    "SELECT reading_id, event_time, vals FROM stream_readings WHERE dataset = ? AND entity = ?"
-                    " ORDER BY event_time DESC, reading_id DESC LIMIT ?",
-                    (dataset, entity, window),
-                )
-                latest = [Reading(r[0], float(r[1]), json.loads(r[2])) for r in reversed(rows)]
-                if len(rows) == window:
-                    oldest = latest[0]
-                    db.execute(
-                        "DELETE FROM stream_readings WHERE dataset = ? AND entity = ?"
-                        " AND (event_time < ? OR (event_time = ? AND reading_id < ?))",
-                        (dataset, entity, oldest.event_time, oldest.event_time, oldest.reading_id),
-                    )
-                new = inserted == 1 and any(r.reading_id == reading.reading_id for r in latest)
+                rows, latest = current[entity], ordered[entity]
+                inserted = reading.reading_id not in rows
+                if inserted:
+                    rows[reading.reading_id] = reading
+                    bisect.insort(latest, reading, key=_order)
+                if len(latest) > window:  # the oldest fall out
+                    for old in latest[:-window]:
+                        del rows[old.reading_id]
+                    del latest[:-window]
+                new = inserted and reading.reading_id in rows
                 news.append(new)
+                latest = list(latest)  # this reading's window, as it is now
                 if windows_out is not None:
                     windows_out.append(latest)
                 if new:
                     published.append((entity, latest))
+            gone = [(dataset, e, rid) for e in entities for rid in stored[e] if rid not in current[e]]
+            if gone:
+                db.executemany(
+                    "DELETE FROM stream_readings WHERE dataset = ? AND entity = ? AND reading_id = ?", gone
+                )
+            added = [
+                (dataset, e, r.reading_id, r.event_time, json.dumps(r.values))
+                for e in entities
+                for rid, r in current[e].items()
+                if rid not in stored[e]
+            ]
+            if added:
+                db.executemany(
+                    "INSERT INTO stream_readings (dataset, entity, reading_id, event_time, vals)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    added,
+                )
             if published:
                 offline = publish(published)
                 if offline:
@@ -148,6 +161,35 @@ class WindowStore:
                         [(dataset, now, json.dumps(dict(row))) for row in offline],
                     )
         return news
+
+    @staticmethod
+    def _lock_entities(db: Database, dataset: str, entities: list[int]) -> None:
+        """Create the entities' rows if missing and lock them, in ``entities``' (sorted) order."""
+        db.executemany(
+            "INSERT INTO stream_entities (dataset, entity) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(dataset, e) for e in entities],
+        )
+        if db.postgres:
+            for chunk in _chunks(entities):
+                db.execute(
+                    "SELECT entity FROM stream_entities WHERE dataset = ? AND entity IN"
+                    f" ({', '.join('?' * len(chunk))}) ORDER BY entity FOR UPDATE",
+                    (dataset, *chunk),
+                )
+
+    @staticmethod
+    def _read_windows(db: Database, dataset: str, entities: list[int]) -> dict[int, dict[str, Reading]]:
+        """Every stored reading of the entities (their windows), by reading id."""
+        out: dict[int, dict[str, Reading]] = {e: {} for e in entities}
+        for chunk in _chunks(entities):
+            rows, _ = db.execute(
+                "SELECT entity, reading_id, event_time, vals FROM stream_readings WHERE dataset = ?"
+                f" AND entity IN ({', '.join('?' * len(chunk))})",
+                (dataset, *chunk),
+            )
+            for entity, reading_id, event_time, vals in rows:
+                out[int(entity)][reading_id] = Reading(reading_id, float(event_time), _values(vals))
+        return out
 
     def window(self, dataset: str, entity: int) -> list[Reading]:
         rows, _ = self.db.execute(
@@ -189,6 +231,31 @@ class WindowStore:
                 (dataset, first, last),
             )
         return len(rows)
+
+
+_DECODED: dict[str, dict[str, Any]] = {}
+DECODED_MAX = 50_000  # a window's readings are read again by each batch that touches the entity
+
+
+def _values(text: str) -> dict[str, Any]:
+    """A stored reading's values, decoded once per process (by their JSON text: a row's text
+    never changes, and nobody mutates a window's values)."""
+    values = _DECODED.get(text)
+    if values is None:
+        if len(_DECODED) >= DECODED_MAX:
+            _DECODED.clear()
+        values = _DECODED[text] = json.loads(text)
+    return values
+
+
+def _order(reading: Reading) -> tuple[float, str]:
+    """A window's order: event time, then reading id (code points: SQLite's and PostgreSQL's "C")."""
+    return (reading.event_time, reading.reading_id)
+
+
+def _chunks(entities: list[int], size: int = 500) -> Iterator[list[int]]:
+    for i in range(0, len(entities), size):
+        yield entities[i : i + size]
 
 
 def open_store(url_or_path: str | Path) -> WindowStore:

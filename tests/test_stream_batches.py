@@ -6,16 +6,21 @@ Kafka and Feast halves run on a real stack in tests/test_stream_features.py."""
 
 from __future__ import annotations
 
+import base64
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from functions.stream_features.delivery import dead_letter_event, deliver
 from functions.stream_features.handler import StreamFeatures
 from shared.cloudevents_io import CloudEvent
 from shared.contracts import Contract
 from shared.stream_windows import Reading, open_store
+from shared.topology import Delivery
 
 SOURCE = "/tests/stream-batches"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -112,3 +117,95 @@ def test_a_record_that_is_not_a_reading_is_rejected_and_its_neighbours_stored(
     assert rejected.get_data()["reading_id"] == "junk"
     assert [r["rule"] for r in rejected.get_data()["reasons"]] == ["schema"]
     assert len(fn.store.window("ai4i", 9)) == 2
+
+
+FAST = Delivery(retry=2, backoff_delay="PT0.001S")  # the trigger's policy, with short back-offs
+
+
+def test_a_reading_the_store_keeps_failing_on_is_dead_lettered_and_the_batch_goes_on(
+    function: tuple[StreamFeatures, Recorder],
+) -> None:
+    """A machine id past SQLite's 64-bit integers passes the contract (udi: int, min 1) but every
+    write of a batch holding it fails: after the retries the batch is split, that reading is
+    dead-lettered with the error and the broker's extensions, every other one is stored."""
+    fn, recorder = function
+    poison = reading(4, 2**63)
+    batch = [reading(1, 7), reading(2, 8), reading(3, 7), poison, reading(5, 8), reading(6, 9)]
+    calls: list[int] = []
+
+    def process(events: Sequence[CloudEvent]) -> object:
+        calls.append(len(events))
+        return fn.handle_batch(events)
+
+    dead: list[tuple[CloudEvent, BaseException]] = []
+    assert deliver(batch, process, FAST, lambda e, x: dead.append((e, x)), threading.Event()) == 1
+    ((event, error),) = dead
+    assert event.get_id() == "r4" and isinstance(error, OverflowError)
+    assert [r.reading_id for r in fn.store.window("ai4i", 7)] == [f"{SOURCE}/r1", f"{SOURCE}/r3"]
+    assert [r.reading_id for r in fn.store.window("ai4i", 8)] == [f"{SOURCE}/r2", f"{SOURCE}/r5"]
+    assert [r.reading_id for r in fn.store.window("ai4i", 9)] == [f"{SOURCE}/r6"]
+    # the batch 1 + retry times, its halves once each, the failing half's halves: the poison
+    # reading alone 1 + retry times, its neighbours once
+    assert calls == [6, 6, 6, 3, 3, 1, 1, 1, 2]
+    letter = dead_letter_event(event, topic="faaspipe.readings", group="g", error=error)
+    assert letter.get_data() == poison.get_data() and letter.get_id() == "r4"
+    assert letter.get_attributes()["knativeerrorcode"] == "500"
+    assert letter.get_attributes()["faaspipetopic"] == "faaspipe.readings"
+    assert letter.get_attributes()["knativeerrordest"] == "kafka://faaspipe.readings?group=g"
+    text = base64.b64decode(letter.get_attributes()["knativeerrordata"]).decode()
+    assert text.startswith("OverflowError")
+
+
+def test_a_batch_that_fails_for_a_while_is_not_dead_lettered(
+    function: tuple[StreamFeatures, Recorder],
+) -> None:
+    fn, _ = function
+    failures = [OSError("database is locked")] * FAST.retry  # one attempt short of the budget
+
+    def process(events: Sequence[CloudEvent]) -> object:
+        if failures:
+            raise failures.pop()
+        return fn.handle_batch(events)
+
+    dead: list[object] = []
+    assert (
+        deliver([reading(1, 7), reading(2, 7)], process, FAST, lambda e, x: dead.append(e), threading.Event())
+        == 0
+    )
+    assert not dead and len(fn.store.window("ai4i", 7)) == 2
+
+
+def test_a_dead_letter_that_cannot_be_written_fails_the_batch(
+    function: tuple[StreamFeatures, Recorder],
+) -> None:
+    """The consumer then commits nothing and reads the batch again: the reading is not lost."""
+    fn, _ = function
+
+    def dlq_down(event: CloudEvent, error: BaseException) -> None:
+        raise ConnectionError("the dead-letter topic is away")
+
+    with pytest.raises(ConnectionError):
+        deliver([reading(1, 7), reading(2, 2**63)], fn.handle_batch, FAST, dlq_down, threading.Event())
+
+
+def test_the_online_write_stores_the_rows_a_feast_push_stores(tmp_path: Path) -> None:
+    """``feast_stream.push`` on the SQLite online store (rows encoded and upserted directly) leaves
+    the same table as Feast's ``FeatureStore.push`` of the same rows (tests/stream_push_check.py)."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    train = REPO / ".venvs" / "train" / "bin" / "python"
+    if not train.exists():
+        pytest.skip("no train environment (make envs)")
+    done = subprocess.run(
+        [str(train), "-m", "tests.stream_push_check", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "equal True" in done.stdout, done.stdout

@@ -107,3 +107,112 @@ def test_offline_parts_never_reuse_a_sequence_number(url: str) -> None:
         store.take_offline("ai4i", 1, 0, lambda a, b, rows: taken.append((a, b)))
     assert taken == sorted(set(taken)) and len({a for a, _ in taken}) == 3
     assert all(b < a2 for (_, b), (a2, _) in zip(taken, taken[1:], strict=False))
+
+
+def one_by_one(
+    store: WindowStore,
+    dataset: str,
+    items: list[tuple[int, Reading]],
+    window: int,
+    publish: Any,
+    windows_out: list[list[Reading]],
+) -> list[bool]:
+    """The statement-per-reading ``update_many`` this replaced (commit 6b2915b), kept as the
+    reference: each reading inserted, its window selected, the older rows deleted."""
+    import json
+    import time
+
+    news: list[bool] = []
+    published: list[tuple[int, list[Reading]]] = []
+    with store.db.transaction() as db:
+        for entity in sorted({e for e, _ in items}):
+            db.execute(
+                "INSERT INTO stream_entities (dataset, entity) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (dataset, entity),
+            )
+        for entity, r in items:
+            _, inserted = db.execute(
+                "INSERT INTO stream_readings (dataset, entity, reading_id, event_time, vals)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (dataset, entity, r.reading_id, r.event_time, json.dumps(r.values)),
+            )
+            rows, _ = db.execute(
+                "SELECT reading_id, event_time, vals FROM stream_readings WHERE dataset = ? AND entity = ?"
+                " ORDER BY event_time DESC, reading_id DESC LIMIT ?",
+                (dataset, entity, window),
+            )
+            latest = [Reading(x[0], float(x[1]), json.loads(x[2])) for x in reversed(rows)]
+            if len(rows) == window:
+                oldest = latest[0]
+                db.execute(
+                    "DELETE FROM stream_readings WHERE dataset = ? AND entity = ?"
+                    " AND (event_time < ? OR (event_time = ? AND reading_id < ?))",
+                    (dataset, entity, oldest.event_time, oldest.event_time, oldest.reading_id),
+                )
+            new = inserted == 1 and any(x.reading_id == r.reading_id for x in latest)
+            news.append(new)
+            windows_out.append(latest)
+            if new:
+                published.append((entity, latest))
+        if published:
+            offline = publish(published)
+            if offline:
+                db.executemany(
+                    "INSERT INTO stream_offline (dataset, added, row_json) VALUES (?, ?, ?)",
+                    [(dataset, time.time(), json.dumps(dict(row))) for row in offline],
+                )
+    return news
+
+
+def test_a_batch_has_the_effect_of_its_readings_one_by_one(url: str, tmp_path: Path) -> None:
+    """Random batches (ties in event time, ids repeated inside a batch and across batches, late
+    readings, a shrunk window) through ``update_many`` and through the statement-per-reading
+    reference: the same flags, windows, published windows, offline rows and stored rows."""
+    import random
+
+    rng = random.Random(7)
+    reference = open_store(f"sqlite:///{tmp_path / 'reference.db'}")
+    store = open_store(url)
+
+    def publisher(log: list[Any]) -> Any:
+        def publish(windows: list[tuple[int, list[Reading]]]) -> list[dict[str, Any]]:
+            log.append(windows)
+            return [{"entity": e, "ids": [r.reading_id for r in w], "n": len(w)} for e, w in windows]
+
+        return publish
+
+    sent: list[Reading] = []
+    flags: list[bool] = []
+    for batch in range(40):
+        window = 5 if batch < 25 else 3  # the contract's window shrank: stored windows are longer
+        items: list[tuple[int, Reading]] = []
+        for _ in range(rng.randint(1, 30)):
+            if sent and rng.random() < 0.2:  # a redelivery (possibly of another entity's id)
+                again = rng.choice(sent)
+                items.append((int(again.values["entity"]), again))
+                continue
+            entity = rng.randint(1, 6)
+            r = Reading(
+                f"/src/{rng.randint(0, 10**6):07d}",
+                float(batch * 4 + rng.randint(0, 12)) + rng.choice([0.0, 0.5]),  # many ties, some late
+                {"entity": entity, "torque_nm": rng.uniform(0, 80), "type": rng.choice("LMH")},
+            )
+            sent.append(r)
+            items.append((entity, r))
+        want_log: list[Any] = []
+        got_log: list[Any] = []
+        want_windows: list[list[Reading]] = []
+        got_windows: list[list[Reading]] = []
+        want = one_by_one(reference, "ai4i", items, window, publisher(want_log), want_windows)
+        got = store.update_many("ai4i", items, window, publisher(got_log), got_windows)
+        assert got == want, batch
+        flags += got
+        assert got_windows == want_windows, batch
+        assert got_log == want_log, batch
+        stored = (
+            "SELECT entity, reading_id, event_time, vals FROM stream_readings ORDER BY entity, reading_id"
+        )
+        assert store.db.execute(stored)[0] == reference.db.execute(stored)[0], batch
+    offline = "SELECT dataset, row_json FROM stream_offline ORDER BY seq"
+    assert store.db.execute(offline)[0] == reference.db.execute(offline)[0]
+    assert 0.1 < flags.count(False) / len(flags) < 0.6  # redeliveries and late readings were in it

@@ -7,8 +7,12 @@ costs a dispatcher round trip; read here, every poll hands the batch of records 
 online push for the whole batch, each reading still checked on its own.
 
 Semantics: at-least-once with idempotent effect. The offsets of a batch are committed only after
-``process`` returned; if it raised, the consumer seeks back to the batch's first offsets and
-reads it again after a back-off (exponential, at most ``MAX_BACKOFF_S``). A crash or a rebalance
+``process`` returned, or after the readings it kept failing on were dead-lettered
+(``delivery.py``: the trigger's Knative delivery, ``retry`` attempts with back-off, then the
+batch split to isolate them; they go to ``FAASPIPE_STREAM_READINGS_DLQ`` with ``knativeerror*``,
+where ``faaspipe dlq list|replay`` finds them). If even that failed (the dead-letter topic is
+away) the consumer seeks back to the batch's first offsets and reads it again after a back-off
+(exponential, at most ``MAX_BACKOFF_S``). A crash or a rebalance
 between processing and commit re-delivers the batch, which changes nothing: the window store
 keeps each reading's ``source/id`` and a rejection's id derives from the reading's. Every
 replica joins the same consumer group, so the topic's partitions are shared among them and the
@@ -24,12 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, from_kafka
+from functions.stream_features.delivery import Stopping, dead_letter_event, deliver
+from shared.cloudevents_io import CloudEvent, InvalidCloudEvent, from_kafka, to_kafka
+from shared.topology import Delivery
 
 __all__ = ["ReadingsConsumer"]
 
@@ -51,6 +57,8 @@ class ReadingsConsumer(threading.Thread):
         *,
         max_records: int = 500,
         partitions: int = 4,
+        delivery: Delivery | None = None,
+        dlq_topic: str = "faaspipe.dlq",
     ) -> None:
         super().__init__(name=f"readings-{topic}", daemon=True)
         self.process = process
@@ -62,6 +70,10 @@ class ReadingsConsumer(threading.Thread):
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.batches = 0  # processed and committed
+        self.delivery = delivery or Delivery()  # retry 3, exponential from PT0.2S, as the trigger's
+        self.dlq_topic = dlq_topic
+        self.dead_lettered = 0
+        self._dlq: KafkaProducer | None = None
 
     def ensure_topic(self) -> None:
         """Create the topic if it is missing (a producer may come later than the function)."""
@@ -122,10 +134,16 @@ class ReadingsConsumer(threading.Thread):
                             )
                 try:
                     if events:
-                        self.process(events)
+                        self.dead_lettered += deliver(
+                            events, self.process, self.delivery, self._dead_letter, self.stopping
+                        )
+                except Stopping:
+                    return  # uncommitted: the partitions' next owner reads the batch again
                 except Exception:  # noqa: BLE001 - read the batch again: at-least-once
                     log.exception(
-                        "%s: a batch of %d readings failed; reading it again", self.topic, len(events)
+                        "%s: a batch of %d readings failed and could not be dead-lettered; reading it again",
+                        self.topic,
+                        len(events),
                     )
                     for tp, records in batches.items():
                         consumer.seek(tp, records[0].offset)
@@ -148,6 +166,17 @@ class ReadingsConsumer(threading.Thread):
                 window["busy_s"] += time.monotonic() - began
         finally:
             consumer.close(autocommit=False)
+            if self._dlq is not None:
+                self._dlq.close(10)
+                self._dlq = None
+
+    def _dead_letter(self, event: CloudEvent, error: BaseException) -> None:
+        """Write the reading to the dead-letter topic (raises if it is not stored)."""
+        if self._dlq is None:
+            self._dlq = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        dead = dead_letter_event(event, topic=self.topic, group=self.group, error=error)
+        key, headers, value = to_kafka(dead)
+        self._dlq.send(self.dlq_topic, key=key, value=value, headers=headers).get(timeout=30)
 
     def _report(self, window: dict[str, float]) -> None:
         elapsed = time.monotonic() - window["since"]

@@ -45,6 +45,7 @@ from shared.contracts.streaming import Reason, aggregate_window, check_reading
 from shared.emit import emit
 from shared.sqldb import DATABASE_URL_ENV
 from shared.stream_windows import Reading, WindowStore, open_store
+from shared.topology import Delivery
 
 log = logging.getLogger("faaspipe.stream_features")
 
@@ -254,6 +255,11 @@ def init() -> None:
             os.environ.get("FAASPIPE_STREAM_READINGS_GROUP", f"faaspipe.consumer.stream-features.{topic}"),
             max_records=int(os.environ.get("FAASPIPE_STREAM_READINGS_BATCH", "500")),
             partitions=int(os.environ.get("FAASPIPE_STREAM_READINGS_PARTITIONS", "4")),
+            delivery=Delivery(
+                retry=int(os.environ.get("FAASPIPE_STREAM_READINGS_RETRY", "3")),
+                backoff_delay=os.environ.get("FAASPIPE_STREAM_READINGS_BACKOFF", "PT0.2S"),
+            ),
+            dlq_topic=os.environ.get("FAASPIPE_STREAM_READINGS_DLQ", "faaspipe.dlq"),
         )
         _function.consumer.start()
 

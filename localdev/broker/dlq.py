@@ -1,7 +1,8 @@
 """Dead letters: list them, and replay them to the trigger that failed them.
 
 A replay appends the original event (``knativeerror*`` removed) to the broker topic (for a
-Kafka source: the topic it reads) with a ``faaspipetarget`` extension naming the trigger, so
+Kafka source: the topic it reads; for a reading stream-features read from its topic itself:
+that topic, named by ``faaspipetopic``) with a ``faaspipetarget`` extension naming the trigger, so
 that only that trigger's dispatcher delivers it again, with its full retry policy; a marker
 on the ``…dlq.replayed`` topic records that the dead letter was replayed, by whom and when
 (``localdev/actor.py``), and ``dlq list`` shows it. The event's data
@@ -25,7 +26,15 @@ from localdev.config import StackConfig
 from shared.kafka_offsets import true_end_offsets
 from shared.topology import load_topology
 
-ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", "faaspipetrigger")
+# faaspipetopic: set by a function that reads a topic itself (stream-features' readings): the
+# topic a replay puts the event back on
+ERROR_EXTENSIONS = (
+    "knativeerrordest",
+    "knativeerrorcode",
+    "knativeerrordata",
+    "faaspipetrigger",
+    "faaspipetopic",
+)
 
 
 @dataclass
@@ -136,7 +145,7 @@ def replay(config: StackConfig, refs: set[str] | None = None, trigger: str | Non
             target = letter.event.get("faaspipetrigger")
             event = letter.event.with_attributes(drop=ERROR_EXTENSIONS, **{REPLAY_TARGET: target})
             key, headers, value = wire.to_kafka(event)
-            topic = topics.get(str(target), config.broker_topic)
+            topic = letter.event.get("faaspipetopic") or topics.get(str(target), config.broker_topic)
             producer.send(topic, key=key, value=value, headers=headers).get(timeout=30)
             marker = json.dumps(
                 {"id": letter.event.id, "trigger": target, "by": actor, "at": rfc3339()}

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -161,19 +162,28 @@ def _names(expression: str) -> tuple[str, ...]:
 
 def evaluate(expression: str, values: dict[str, Any]) -> Any:
     """Evaluate an arithmetic expression over ``values`` without ``eval``."""
+    return _compiled(expression)(values)
 
-    def walk(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.BinOp):
-            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.UnaryOp):
-            return -walk(node.operand) if isinstance(node.op, ast.USub) else walk(node.operand)
-        if isinstance(node, ast.Name):
-            return values[node.id]
-        return node.value  # type: ignore[attr-defined]
 
-    return walk(_parse(expression))
+@functools.lru_cache(maxsize=256)
+def _compiled(expression: str) -> Callable[[dict[str, Any]], Any]:
+    """The expression's tree as nested closures, built once (a streamed reading evaluates each
+    derived feature: walking the tree per reading was most of its check)."""
+    return _closure(_parse(expression).body)
+
+
+def _closure(node: ast.AST) -> Callable[[dict[str, Any]], Any]:
+    if isinstance(node, ast.BinOp):
+        op, left, right = _BINOPS[type(node.op)], _closure(node.left), _closure(node.right)
+        return lambda values: op(left(values), right(values))
+    if isinstance(node, ast.UnaryOp):
+        operand = _closure(node.operand)
+        return (lambda values: -operand(values)) if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.Name):
+        name = node.id
+        return lambda values: values[name]
+    constant = node.value  # type: ignore[attr-defined]
+    return lambda values: constant
 
 
 def _column(doc: dict[str, Any]) -> Column:

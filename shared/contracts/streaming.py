@@ -154,8 +154,30 @@ def reading_fields(contract: Contract) -> tuple[tuple[str, ...], tuple[str, ...]
     return required, optional
 
 
+_SHAPES: dict[int, tuple[Contract, tuple[str, ...], tuple[str, ...], frozenset[str], dict[str, Any]]] = {}
+
+
+def _shape(contract: Contract) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str], dict[str, Any]]:
+    """(required, optional, both as a set, columns by name) of a contract, worked out once per
+    contract object (a contract is immutable; each reading's check needs them)."""
+    cached = _SHAPES.get(id(contract))
+    if cached is None or cached[0] is not contract:
+        if len(_SHAPES) > 64:  # contracts made on the fly (tests): keep the cache small
+            _SHAPES.clear()
+        required, optional = reading_fields(contract)
+        columns = {c.name: c for c in reversed(contract.columns)}  # the first of a name, as column()
+        cached = _SHAPES[id(contract)] = (
+            contract,
+            required,
+            optional,
+            frozenset((*required, *optional)),
+            columns,
+        )
+    return cached[1:]
+
+
 def _check_value(contract: Contract, name: str, value: Any) -> tuple[Any, Reason | None]:
-    column = contract.column(name)
+    column = _shape(contract)[3][name]
     if value is None:
         return None, Reason(name, "not_null", f"{name} is null")
     if column.type == "int":
@@ -198,10 +220,10 @@ def check_reading(contract: Contract, reading: Any) -> tuple[dict[str, Any] | No
     ``(None, reasons)`` with one reason per offending field (every field is checked)."""
     if not isinstance(reading, Mapping):
         return None, [Reason(None, "schema", f"a reading must be an object, got {type(reading).__name__}")]
-    required, optional = reading_fields(contract)
+    required, optional, known, _ = _shape(contract)
     reasons: list[Reason] = []
     row: dict[str, Any] = {}
-    for name in sorted(set(reading) - set(required) - set(optional)):
+    for name in sorted(set(reading) - known):
         reasons.append(
             Reason(
                 name, "unknown_field", f"{name} is not a field of a {contract.name} reading {list(required)}"
