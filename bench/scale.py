@@ -44,10 +44,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PYTHON = REPO_ROOT / ".venvs" / "train" / "bin" / "python"
 STEPS = ("ingest", "materialise", "training_set")
 BEFORE = ("ingest_before", "materialise_before", "training_set_uncapped")
-CAP_ENV = "FAASPIPE_BENCH_TRAINING_CAP"
 
 
-def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
+def _child(step: str, work: Path, rows: int, cap: int = 0) -> dict[str, Any]:
     """Run one step in this (child) process; its figures."""
     os.environ["FAASPIPE_STATE_DIR"] = str(work / f"state-{step}")
     from datetime import datetime as dt
@@ -99,7 +98,7 @@ def _child(step: str, work: Path, rows: int) -> dict[str, Any]:
 
         from shared import modelling
 
-        cap = 10**15 if step == "training_set_uncapped" else int(os.environ.get(CAP_ENV) or 0)
+        cap = 10**15 if step == "training_set_uncapped" else cap
         rule = dataclasses.replace(contract.sample_rule, max_rows=cap or contract.sample_rule.max_rows)
         # no streamed parts here (no object store): the batch view's join alone
         contract = dataclasses.replace(contract, training=rule, streaming=None)
@@ -145,14 +144,13 @@ def run_step(
     redis_address: str | None = None,
 ) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "FAASPIPE_MEMORY_BUDGET_MB": str(budget_mb)}
-    env[CAP_ENV] = str(cap or "")
     if step == "materialise_redis":
         if not redis_address:
             raise ValueError("materialise_redis needs --redis")
         _flush(redis_address)
         env["FAASPIPE_FEAST_REDIS"] = redis_address
     env.update({"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
-    command = [str(TRAIN_PYTHON), "-m", "bench.scale", "--child", step, str(work), str(rows)]
+    command = [str(TRAIN_PYTHON), "-m", "bench.scale", "--child", step, str(work), str(rows), str(cap or 0)]
     try:
         done = subprocess.run(
             command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
@@ -184,7 +182,7 @@ def generate(work: Path, rows: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(_child(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(_child(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
