@@ -43,13 +43,20 @@ ENGINES = {"inprocess": {"FAASPIPE_ENGINE": "inprocess"}, "dask": DASK}
 
 
 def _peak_rss_mb(pid: int) -> float | None:
+    """The highest ``VmHWM`` of ``pid`` and its descendants (a replica's server forks its worker)."""
+    peak: float | None = None
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+                peak = int(line.split()[1]) / 1024
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return None
-    return None
+        return peak
+    for child in children:
+        below = _peak_rss_mb(int(child))
+        if below is not None and (peak is None or below > peak):
+            peak = below
+    return peak
 
 
 def replica_peaks(config: StackConfig) -> dict[str, float]:
