@@ -456,3 +456,51 @@ def test_readings_produced_twice_to_the_topic_count_once(stream_stack: Stack) ->
     )
     assert row["window_readings"] == 4
     assert row["torque_nm_mean_10"] == statistics.mean([50.0, 51.0, 52.0, 60.0])
+
+
+def test_a_poison_reading_on_the_topic_is_dead_lettered_and_the_consumer_goes_on(stream_stack: Stack) -> None:
+    """A reading every write fails on (a machine id past 64-bit integers: the contract lets it
+    through, the state database cannot store it), followed on its partition by a good one: after
+    the retries the poison reading is in the dead-letter topic with ``knativeerror*`` and the
+    good one is online; ``dlq replay`` puts it back on the readings topic (where it fails again)."""
+    import kafka
+
+    from localdev.broker import dlq
+    from shared.cloudevents_io import to_kafka
+
+    entity = fresh_entity()
+    start = datetime.now(UTC)
+    poison = reading_event(2**63, start, torque_nm=45.0)
+    good = reading_event(entity, start + timedelta(seconds=1), torque_nm=46.0)
+    producer = kafka.KafkaProducer(bootstrap_servers=stream_stack.config.kafka_bootstrap, acks="all")
+    try:
+        for event in (poison, good):
+            _, headers, value = to_kafka(event)
+            producer.send("faaspipe.readings", key=b"same-partition", value=value, headers=headers)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    wanted = f"{SOURCE}/{good.get_id()}"
+    wait_until(
+        lambda: [r for r in online(stream_stack, [entity]) if r and r["reading_id"] == wanted],
+        timeout=90,
+        what="the reading after the poison one online",
+    )
+
+    def letters() -> list[dict[str, Any]]:
+        return [
+            d.summary() for d in dlq.list_dead_letters(stream_stack.config) if d.event.id == poison.get_id()
+        ]
+
+    (letter,) = wait_until(letters, timeout=60, interval=1.0, what="the poison reading dead-lettered")
+    assert letter["code"] == "500" and letter["error"].startswith("OverflowError")
+    assert letter["destination"].startswith("kafka://faaspipe.readings")
+    (replayed,) = dlq.replay(stream_stack.config, {letter["ref"]})
+    assert replayed.event.get("faaspipetopic") == "faaspipe.readings"
+    again = wait_until(
+        lambda: len(letters()) == 2 and letters(),
+        timeout=90,
+        interval=1.0,
+        what="the replayed reading read again",
+    )
+    assert [d["replayed"] for d in again] == [True, False]
