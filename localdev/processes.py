@@ -8,9 +8,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import urllib3
 
@@ -101,6 +102,16 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+class Process(Protocol):
+    """What the supervisor holds of a running child: a ``Popen``, or a zygote's fork."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class Child:
     """One supervised process. Ready when its health URL answers 200 (or its port is open)."""
@@ -113,32 +124,40 @@ class Child:
     cwd: Path | None = None
     health_url: str | None = None
     port: int | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
+    # forks the process instead of spawning it (a zygote, localdev/zygote/); None → spawn it too
+    forker: Callable[[Child], Process | None] | None = None
     restarts: int = 0
     started_at: float = 0.0
     ready_cached: bool = False  # last readiness seen by the supervisor
     retired: bool = False  # scaled down: being drained, never restarted
+    starting: bool = False  # being forked or spawned outside the supervisor's lock
 
     @property
     def pid_file(self) -> Path:
         return self.pid_dir / f"{self.name}.pid"
 
+    def full_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {' '.join(self.argv)}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.cwd,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        log.close()
+        how = "forking" if self.forker is not None else "starting"
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {how} {' '.join(self.argv)}\n".encode())
+        self.proc = self.forker(self) if self.forker is not None else None
+        if self.proc is None:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.cwd,
+                    env=self.full_env(),
+                    start_new_session=True,
+                )
         self.started_at = time.monotonic()
         self.pid_file.write_text(str(self.proc.pid))
 

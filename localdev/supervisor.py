@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -35,6 +36,8 @@ from localdev.config import StackConfig
 from localdev.gateway import Gateway
 from localdev.grpc_front import GrpcFront
 from localdev.processes import Child, kill_leftovers, pick_port
+from localdev.zygote.forked import ForkedProcess
+from localdev.zygote.pool import ZygotePool
 from shared.auth import AuthError, Forbidden
 from shared.auth.bearer import authenticate
 from shared.auth.identity import is_admin
@@ -60,7 +63,7 @@ class FunctionReplicas:
 
     def live(self) -> list[Child]:
         """Replicas running or starting (the current replica count)."""
-        return [c for c in self.replicas if c.proc is not None]
+        return [c for c in self.replicas if c.proc is not None or c.starting]
 
 
 class Supervisor:
@@ -86,6 +89,17 @@ class Supervisor:
             verifier=config.auth.verifier() if config.auth.enabled else None,
         )
         self.autoscaler: Autoscaler | None = None
+        self.zygotes: ZygotePool | None = None
+        if config.zygote == "on" and config.replicas_from == "topology":
+            self.zygotes = ZygotePool(
+                self.topology,
+                python_for=components.python_for,
+                state_dir=config.state_dir,
+                logs_dir=config.logs_dir,
+                env=config.function_env(),
+                start_timeout_s=config.start_timeout_s,
+                idle_s=config.zygote_idle_s,
+            )
 
     def grpc_front(self) -> GrpcFront | None:
         """Start the gateway's gRPC front when a function serves gRPC."""
@@ -175,8 +189,14 @@ class Supervisor:
             port = pick_port(self.config.replica_ports, taken)
             child = components.function_replica(self.config, fr.function, index, port)
             child.ready_cached = False
-            child.start()
+            if self.zygotes is not None:
+                child.forker = functools.partial(self.zygotes.fork, fr.function.environment)
+            child.starting = True  # counted as live, never restarted, while it starts
             fr.replicas.append(child)
+        try:  # outside the lock: a zygote's first fork waits for its preload
+            child.start()
+        finally:
+            child.starting = False
         return child
 
     def start(self) -> None:
@@ -255,7 +275,7 @@ class Supervisor:
 
     def _check(self, child: Child) -> bool:
         """Restart a dead child (with backoff); refresh its readiness. True if healthy."""
-        if child.retired:
+        if child.retired or child.starting:
             return False
         if child.alive():
             if not child.ready_cached:
@@ -284,6 +304,8 @@ class Supervisor:
                 children = list(self.infra) + [c for fr in self.functions.values() for c in fr.replicas]
             for child in children:
                 self._check(child)
+            if self.zygotes is not None:
+                self.zygotes.idle_out()
 
     def shutdown(self) -> None:
         self.state = "stopping"
@@ -298,6 +320,8 @@ class Supervisor:
             child.stop(30)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda c: c.stop(15), replicas))
+        if self.zygotes is not None:
+            self.zygotes.stop()
         for child in reversed([c for c in infra if c not in broker]):
             child.stop(15)
 
@@ -305,12 +329,15 @@ class Supervisor:
     def status(self) -> dict[str, object]:
         def describe(child: Child, url: str | None = None) -> dict[str, object]:
             state = (
-                "ready" if child.alive() and child.ready_cached else ("starting" if child.alive() else "down")
+                "ready"
+                if child.alive() and child.ready_cached
+                else ("starting" if child.alive() or child.starting else "down")
             )
             return {
                 "name": child.name,
                 "pid": child.proc.pid if child.proc else None,
                 "state": state,
+                "forked": isinstance(child.proc, ForkedProcess),
                 "restarts": child.restarts,
                 "log": str(child.log_path),
                 **({"url": url} if url else {}),
@@ -344,6 +371,7 @@ class Supervisor:
             "state_dir": str(self.config.state_dir),
             "components": infra,
             "functions": functions,
+            "zygotes": self.zygotes.status() if self.zygotes is not None else {},
             "endpoints": {
                 **urls,
                 "gateway": self.config.url("gateway"),
