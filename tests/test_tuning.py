@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -455,16 +457,44 @@ def test_redelivered_study_completion_registers_nothing_new(
     assert [v.version for v in versions] == [registered["data"]["version"]]
 
 
+def put_json(stack: Any, bucket: str, key: str, doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    stack.s3().put_object(bucket, key, io.BytesIO(body), len(body))
+
+
+def s3_json_or_none(stack: Any, bucket: str, key: str) -> Any:
+    from minio.error import S3Error
+
+    try:
+        return s3_json(stack, bucket, key)
+    except S3Error as exc:
+        if exc.code == "NoSuchKey":
+            return None
+        raise
+
+
 def _seeded_study(
-    stack: Any, dataset_version: str, pruner: str, done: int, record: dict[str, Any]
+    stack: Any,
+    dataset_version: str,
+    pruner: str,
+    done: int,
+    record: dict[str, Any] | None,
+    *,
+    rounds: int | None = None,
 ) -> tuple[str, Any, Any]:
     """A study of ``done`` + 1 trials whose first ``done`` finished with a score no real trial
-    reaches at 10 rounds (their progress ``record`` as the trial function writes it), the last
-    one requested and left to a real trial. Returns (study id, its config, its parent run)."""
+    reaches at 10 rounds (their progress ``record`` as the trial function writes it; None: no
+    record yet), the last one requested and left to a real trial. The data is the AI4I file
+    split as tune splits a version (stratified, 25 % held out), so the champion train registers
+    is judged on rows it did not see. ``rounds``: the trial's boosting budget with no early stop
+    (the config's own budgets otherwise). Returns (study id, its config, its parent run)."""
+    from dataclasses import replace
+
     from mlflow import MlflowClient
 
     from functions.tune import study as study_logic
     from functions.tune.space import XGBOOST_DEFAULTS, XGBOOST_SPACE, point_of
+    from shared import modelling
 
     client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
     experiment = client.get_experiment_by_name(CONTRACT.model_name)
@@ -475,13 +505,17 @@ def _seeded_study(
         run_name=f"study {study_id} (test)",
         tags={"faaspipe.role": "study", "faaspipe.study_id": study_id},
     )
-    data = offline_parquet(AI4I_CSV.read_bytes())
-    keys = {part: layout.study_data(study_id, part) for part in ("train", "holdout")}
-    for key in keys.values():
-        stack.s3().put_object(layout.MODELS, key, io.BytesIO(data), len(data))
     config = study_logic.StudyConfig(
         n_trials=done + 1, parallelism=1, patience=0, pruner=pruner, pruner_report_every=10
     )
+    if rounds is not None:
+        config = replace(config, max_rounds=rounds, early_stopping_rounds=rounds)
+    frame = modelling.parquet_from_bytes(offline_parquet(AI4I_CSV.read_bytes()))
+    parts = modelling.split_holdout(CONTRACT, frame, fraction=config.holdout_fraction, seed=config.seed)
+    keys = {part: layout.study_data(study_id, part) for part in ("train", "holdout")}
+    for key, part in zip(keys.values(), parts, strict=True):
+        data = modelling.parquet_bytes(part)
+        stack.s3().put_object(layout.MODELS, key, io.BytesIO(data), len(data))
     state = study_logic.new_state(
         study_id=study_id,
         model_name=CONTRACT.model_name,
@@ -493,7 +527,11 @@ def _seeded_study(
         config=config,
         space=[d.to_doc() for d in XGBOOST_SPACE],
         initial_points=[],
-        data={"train_key": keys["train"], "holdout_key": keys["holdout"], "checksum": "test"},
+        data={
+            "train_key": keys["train"],
+            "holdout_key": keys["holdout"],
+            "checksum": modelling.frame_checksum(CONTRACT, frame),  # model.registered carries it
+        },
         mlflow={"experiment_id": experiment_id, "parent_run_id": parent.info.run_id},
         created_at="2026-01-01T00:00:00Z",
         now=time.time(),
@@ -511,12 +549,11 @@ def _seeded_study(
             "duration_s": 1.0,
         }
         study_logic.record_result(state, result, at="2026-01-01T00:00:00Z")
-        body = json.dumps({"number": number, **record}).encode()
-        stack.s3().put_object(
-            layout.MODELS, layout.study_progress(study_id, number), io.BytesIO(body), len(body)
-        )
-    body = json.dumps(state).encode()
-    stack.s3().put_object(layout.MODELS, layout.study_state(study_id), io.BytesIO(body), len(body))
+        if record is not None:
+            put_json(
+                stack, layout.MODELS, layout.study_progress(study_id, number), {"number": number, **record}
+            )
+    put_json(stack, layout.MODELS, layout.study_state(study_id), state)
     return study_id, config, parent
 
 
@@ -621,3 +658,187 @@ def test_median_pruner_prunes_a_losing_trial_and_the_study_still_completes(
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.data.metrics["pruned_cv_roc_auc"] == pytest.approx(finished["score"])
     assert 0.5 < finished["score"] < 0.9999
+
+    # train registers the completed study's champion: its best unpruned trial (a seeded one, so
+    # XGBoost's defaults for its 10 rounds), fitted on the train part and judged on the holdout
+    registered = wait_for_registration(stack, study_id)
+    model_version = check_registered(client, study_id, registered)
+    train_run = client.get_run(registered["data"]["run_id"])
+    assert train_run.data.params["n_rounds"] == "10"
+    assert float(train_run.data.params["learning_rate"]) == XGBOOST_DEFAULTS["learning_rate"]
+    assert train_run.data.metrics["cv_roc_auc"] == pytest.approx(0.9999)  # the seeded best, not the pruned
+    print(
+        f"\nmedian study {study_id}: registered {CONTRACT.model_name} v{model_version.version}, "
+        f"holdout ROC-AUC {registered['data']['metrics']['roc_auc']:.5f}"
+    )
+
+
+def wait_for_registration(stack: Any, study_id: str) -> dict[str, Any]:
+    """The ``model.registered`` train answered the study's ``study.completed`` with."""
+    return wait_until(
+        lambda: next(
+            (r for r in ml_records(stack, "mlrec-model-registered") if r["data"]["study_id"] == study_id),
+            None,
+        ),
+        timeout=CHAIN_TIMEOUT_S,
+        interval=1.0,
+        what=f"model.registered of study {study_id}",
+    )
+
+
+def check_registered(client: Any, study_id: str, registered: dict[str, Any]) -> Any:
+    """One model version for the study, tagged with it, the one ``model.registered`` names."""
+    data = registered["data"]
+    assert data["model_name"] == CONTRACT.model_name
+    assert 0.5 < data["metrics"]["roc_auc"] <= 1.0
+    versions = client.search_model_versions(
+        f"name = '{CONTRACT.model_name}' and tags.`faaspipe.study_id` = '{study_id}'"
+    )
+    assert [v.version for v in versions] == [data["version"]]
+    assert versions[0].tags["faaspipe.study_id"] == study_id
+    assert versions[0].tags["faaspipe.serving_uri"]  # written last: the version is complete
+    return versions[0]
+
+
+def trial_runs(client: Any, experiment_id: str, study_id: str, number: int) -> list[Any]:
+    return client.search_runs(
+        [experiment_id],
+        f"tags.`faaspipe.study_id` = '{study_id}' and tags.`faaspipe.trial_number` = '{number}'",
+    )
+
+
+def live_trial_replicas(stack: Any) -> list[dict[str, Any]]:
+    status = json.loads(stack.cli("status", "--json").stdout)["functions"]["trial"]
+    return [r for r in status["replicas"] if r["pid"] and r["state"] != "down"]
+
+
+def test_killed_trial_keeps_its_continue_decision_and_finishes_once(stack: Any, dataset_version: str) -> None:
+    """A successive-halving study: the trial's replica is SIGKILLed while it boosts, after its
+    first checkpoint (round 10) promoted it past rung 0. While it is down the four other trials
+    record better rung-0 scores (a fresh rung-0 contest would now prune it). The broker redelivers the
+    request; the new delivery keeps the rung it had won, boosts to the end and replies once:
+    one ``trial.finished`` (ok), one MLflow run (FINISHED), the study completes, nothing pruned.
+
+    The kill lands mid-trial by construction: the trial boosts 800 rounds without early stop,
+    and its replicas are frozen (SIGSTOP) before being checked and killed, so the test sees the
+    state they die in (a running record, no reply, no run) rather than assume it."""
+    from mlflow import MlflowClient
+
+    from shared.pruning import TrialRecord, should_prune
+
+    client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
+    study_id, config, parent = _seeded_study(
+        stack, dataset_version, "successive_halving", 4, None, rounds=800
+    )
+    experiment_id = parent.info.experiment_id
+    key = layout.study_progress(study_id, 4)
+    _request_trial(stack, study_id, 4, dataset_version, config)
+
+    wait_until(
+        lambda: (r := s3_json_or_none(stack, layout.MODELS, key)) and "10" in r["values"],
+        timeout=CHAIN_TIMEOUT_S,
+        what=f"trial 4 of {study_id} to record its first checkpoint",
+    )
+    frozen = [r["pid"] for r in live_trial_replicas(stack)]
+    assert frozen
+    for pid in frozen:  # the whole replica (server and worker), as a pod stops
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        before = s3_json(stack, layout.MODELS, key)
+        assert before["state"] == "running" and before["pruned_step"] is None, before
+        assert "0" in before["rungs"], before  # promoted at rung 0 (alone in it so far), maybe further
+        assert not ml_records(stack, "mlrec-trial-finished", study_id), "the trial replied before the kill"
+        assert not trial_runs(client, experiment_id, study_id, 4), "the trial logged its run before the kill"
+        # the other trials record better rung-0 scores while this one is down
+        better = {"state": "complete", "values": {"10": 0.9999}, "rungs": {"0": 0.9999}}
+        for number in range(4):
+            put_json(
+                stack, layout.MODELS, layout.study_progress(study_id, number), {"number": number, **better}
+            )
+    finally:
+        for pid in frozen:
+            os.killpg(pid, signal.SIGKILL)
+    won = float(before["rungs"]["0"])
+    others = [TrialRecord(n, "complete", {10: 0.9999}, {0: 0.9999}) for n in range(4)]
+    assert should_prune("successive_halving", {10: won}, {}, others, report_every=10)[
+        0
+    ]  # contested again: pruned
+
+    [completed] = wait_until(
+        lambda: ml_records(stack, "mlrec-study-completed", study_id),
+        timeout=CHAIN_TIMEOUT_S,
+        interval=1.0,
+        what=f"study {study_id} to complete after the kill",
+    )
+    assert (completed["data"]["n_pruned"], completed["data"]["n_trials"]) == (0, 5)
+    answers = [r for r in ml_records(stack, "mlrec-trial-finished", study_id) if r["source"] == TRIAL_SOURCE]
+    assert {r["id"] for r in answers} == {f"{study_id}.trial.4.finished"}
+    finished = answers[-1]["data"]
+    assert (finished["trial_number"], finished["status"], finished["pruned_step"]) == (4, "ok", None)
+    assert all(r["data"] == finished for r in answers)
+    state = s3_json(stack, layout.MODELS, layout.study_state(study_id))
+    entry = state["trials"][4]
+    assert (entry["status"], entry.get("repeats", 0), state["finish_count"]) == ("ok", 0, 5)
+    assert entry["score"] == pytest.approx(finished["score"]) and entry["run_id"] == finished["run_id"]
+
+    after = s3_json(stack, layout.MODELS, key)
+    assert (after["state"], after["pruned_step"]) == ("complete", None)
+    # the rungs won before the kill are kept, not contested again
+    assert {k: after["rungs"][k] for k in before["rungs"]} == before["rungs"]
+    assert set(after["rungs"]) == {"0", "1", "2", "3"}  # rounds 10, 40, 160, 640: alone in each later rung
+    assert after["values"]["10"] == pytest.approx(won)  # the same first checkpoint, recomputed
+    progress = [r["data"] for r in ml_records(stack, "mlrec-trial-progress", study_id)]
+    assert progress and not any(p["pruned"] for p in progress)
+    assert {p["step"] for p in progress} >= {10, 800}
+
+    [run] = trial_runs(client, experiment_id, study_id, 4)
+    assert run.info.run_id == finished["run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["faaspipe.status"] == "ok"
+    assert run.data.metrics["cv_roc_auc"] == pytest.approx(finished["score"])
+    assert run.data.metrics["rounds"] == 800
+
+
+def test_redelivered_trial_keeps_its_prune_decision(stack: Any, dataset_version: str) -> None:
+    """A trial redelivered after its prune decision was stored but before it replied (the record
+    a delivery killed in that window leaves: pruned at round 10, no run, no reply): the others'
+    records now say it would win rung 0, but the decision stands — one ``trial.finished``
+    (pruned at 10), one MLflow run (KILLED), the study completes with it pruned."""
+    from mlflow import MlflowClient
+
+    from shared.pruning import TrialRecord, should_prune
+
+    client = MlflowClient(tracking_uri=stack.config.url("mlflow"))
+    weak = {"state": "complete", "values": {"10": 0.6}, "rungs": {"0": 0.6}}
+    study_id, config, parent = _seeded_study(stack, dataset_version, "successive_halving", 4, weak)
+    decided = {
+        "number": 4,
+        "state": "pruned",
+        "values": {"10": 0.59},
+        "rungs": {"0": 0.59},
+        "pruned_step": 10,
+    }
+    put_json(stack, layout.MODELS, layout.study_progress(study_id, 4), decided)
+    _request_trial(stack, study_id, 4, dataset_version, config)
+
+    [completed] = wait_until(
+        lambda: ml_records(stack, "mlrec-study-completed", study_id),
+        timeout=CHAIN_TIMEOUT_S,
+        interval=1.0,
+        what=f"study {study_id} to complete",
+    )
+    assert (completed["data"]["n_pruned"], completed["data"]["n_trials"]) == (1, 5)
+    answers = [r for r in ml_records(stack, "mlrec-trial-finished", study_id) if r["source"] == TRIAL_SOURCE]
+    assert {r["id"] for r in answers} == {f"{study_id}.trial.4.finished"}
+    finished = answers[-1]["data"]
+    assert (finished["status"], finished["pruned_step"]) == ("pruned", 10)
+    others = [TrialRecord(n, "complete", {10: 0.6}, {0: 0.6}) for n in range(4)]
+    assert finished["score"] > 0.6  # decided afresh it would continue:
+    assert not should_prune("successive_halving", {10: finished["score"]}, {}, others, report_every=10)[0]
+    stored = s3_json(stack, layout.MODELS, layout.study_progress(study_id, 4))
+    assert (stored["state"], stored["pruned_step"], stored["rungs"]) == ("pruned", 10, {"0": 0.59})
+    progress = [r["data"] for r in ml_records(stack, "mlrec-trial-progress", study_id)]
+    assert [(p["step"], p["pruned"]) for p in progress] == [(10, True)]
+
+    [run] = trial_runs(client, parent.info.experiment_id, study_id, 4)
+    assert run.info.run_id == finished["run_id"] and run.info.status == "KILLED"
+    assert run.data.tags["faaspipe.status"] == "pruned" and run.data.tags["faaspipe.pruned_step"] == "10"
