@@ -60,7 +60,7 @@ class StackConfig:
     feast_redis: str | None = None  # None → Feast online store in SQLite; "host:port[,db=N]" → Redis
     database_url: str | None = None  # None → SQLite files; postgresql://… (Feast registry, monitor)
     replicas_from: str = "topology"  # or "manifests": each replica as its rendered Knative Service
-    zygote: str = "off"  # "on": replicas forked from a per-environment zygote (localdev/zygote/)
+    zygote: str = "on"  # replicas forked from a per-environment zygote (localdev/zygote/); "off": spawned
     zygote_idle_s: float = 600.0  # a zygote that forked nothing for this long is stopped
     access_key: str = "faaspipe"
     secret_key: str = "faaspipe-secret"
@@ -187,7 +187,7 @@ class StackConfig:
             feast_redis=env.get("FAASPIPE_FEAST_REDIS") or None,
             database_url=env.get("FAASPIPE_DATABASE_URL") or None,
             replicas_from=env.get("FAASPIPE_REPLICAS_FROM") or "topology",
-            zygote=env.get("FAASPIPE_ZYGOTE") or "off",
+            zygote=env.get("FAASPIPE_ZYGOTE") or "on",
             zygote_idle_s=float(env.get("FAASPIPE_ZYGOTE_IDLE_S") or 600.0),
             function_dirs=tuple(Path(p) for p in dirs.split(os.pathsep)) if dirs else DEFAULT_FUNCTION_DIRS,
             start_timeout_s=float(env.get("FAASPIPE_START_TIMEOUT_S") or 180.0),
@@ -226,7 +226,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FAASPIPE_STRICT_TYPES", "0", "choice", "stack", choices=("0", "1", "true", "false")),
     Setting("FAASPIPE_AUTH", "auto", "choice", "stack", choices=("auto", "on", "off")),
     Setting("FAASPIPE_REPLICAS_FROM", "topology", "choice", "stack", choices=("topology", "manifests")),
-    Setting("FAASPIPE_ZYGOTE", "off", "choice", "stack", choices=("off", "on")),
+    Setting("FAASPIPE_ZYGOTE", "on", "choice", "stack", choices=("on", "off")),
     Setting("FAASPIPE_ZYGOTE_IDLE_S", "600", "float", "stack", minimum=0),
     Setting("FAASPIPE_AI4I_CSV", "../shared/datasets/ai4i2020.csv", "text", "stack"),
     # services (each checked for reachability by `faaspipe up`)

@@ -182,7 +182,8 @@ class Supervisor:
         finally:
             admin.close()
 
-    def _start_replica(self, fr: FunctionReplicas) -> Child:
+    def _claim_replica(self, fr: FunctionReplicas) -> Child:
+        """A new replica with its port claimed, counted as live; started by ``_launch``."""
         with self.lock:  # a port is chosen and claimed under the lock: two starts never share one
             index = max((int(c.name.rsplit("-", 1)[1]) for c in fr.replicas), default=-1) + 1
             taken = {c.port for f in self.functions.values() for c in f.replicas}
@@ -193,11 +194,20 @@ class Supervisor:
                 child.forker = functools.partial(self.zygotes.fork, fr.function.environment)
             child.starting = True  # counted as live, never restarted, while it starts
             fr.replicas.append(child)
-        try:  # outside the lock: a zygote's first fork waits for its preload
+        return child
+
+    def _launch(self, child: Child) -> Child:
+        """Start a claimed replica, outside the lock: a zygote's first fork waits for its preload."""
+        try:
             child.start()
         finally:
             child.starting = False
+        if child.retired or self.stopping.is_set():  # scaled down or shut down while it started
+            child.stop(timeout_s=15)
         return child
+
+    def _start_replica(self, fr: FunctionReplicas) -> Child:
+        return self._launch(self._claim_replica(fr))
 
     def start(self) -> None:
         timeout = self.config.start_timeout_s
@@ -243,18 +253,20 @@ class Supervisor:
             if fr.live() or self.stopping.is_set():
                 return
             log.info("%s: activated by a request (scale from zero)", function)
-            self._start_replica(fr)
+            child = self._claim_replica(fr)
+        self._launch(child)
 
     def scale_to(self, function: str, count: int, reason: str) -> None:
         fr = self.functions[function]
         with self.lock:
             live = fr.live()
-            for _ in range(count - len(live)):
-                self._start_replica(fr)
+            new = [self._claim_replica(fr) for _ in range(count - len(live))]
             surplus = live[count:] if count < len(live) else []
             for child in surplus:
                 child.retired = True
                 fr.replicas.remove(child)  # no longer routed to, never restarted
+        for child in new:
+            self._launch(child)
         for child in surplus:
             threading.Thread(target=self._drain, args=(child,), daemon=True).start()
 
