@@ -70,6 +70,8 @@ bench: envs
 	$(PY) -m bench.batch_scoring
 	$(PY) -m bench.model_cold_load
 	$(PY) -m bench.autoscale
+	$(PY) -m bench.cold_start_functions
+	$(PY) -m bench.idle_memory
 	OMP_NUM_THREADS=1 .venvs/train/bin/python -m bench.pruning
 	$(PY) -m bench.scale --redis $(BENCH_REDIS)
 	$(PY) -m bench.engine

@@ -265,8 +265,10 @@ class Supervisor:
             for child in surplus:
                 child.retired = True
                 fr.replicas.remove(child)  # no longer routed to, never restarted
-        for child in new:
-            self._launch(child)
+        for child in new:  # the autoscaler decides on: a fork waiting on a zygote holds only this
+            threading.Thread(
+                target=self._launch, args=(child,), name=f"launch-{child.name}", daemon=True
+            ).start()
         for child in surplus:
             threading.Thread(target=self._drain, args=(child,), daemon=True).start()
 
@@ -368,6 +370,7 @@ class Supervisor:
                 name: {
                     "url": self.config.function_url(name),
                     "kind": fr.function.kind,
+                    "environment": fr.function.environment,
                     "min_replicas": fr.function.scaling.min_replicas,
                     "max_replicas": fr.function.scaling.max_replicas,
                     "replicas": [describe(c, f"http://127.0.0.1:{c.port}") for c in fr.replicas],
