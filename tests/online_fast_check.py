@@ -16,7 +16,9 @@ from typing import Any
 
 
 def batches(contract: Any) -> list[Any]:
-    """Three writes: 200 rows; 200 rows of which 100 overwrite; 50 rows older than stored."""
+    """Four writes: 200 rows; 200 rows of which 100 overwrite; 50 rows older than stored; 20 rows
+    at the instant stored (Redis keeps what is stored, SQLite overwrites), two of them before
+    1970 and one a microsecond later."""
     import pandas as pd
     import pyarrow as pa
 
@@ -28,6 +30,8 @@ def batches(contract: Any) -> list[Any]:
     frame.loc[3, "product_id"] = None
     frame.loc[4, "torque_nm"] = float("nan")
     frame.loc[5, "product_id"] = "é€x"
+    frame.loc[6, "product_id"] = "P" * 300  # a length past one varint byte
+    frame.loc[10:12, "event_timestamp"] = pd.Timestamp("1969-12-31 23:59:58.250001", tz="UTC")
     later = frame.iloc[100:].copy()  # half of it overwrites entities of the first write
     later["torque_nm"] = later["torque_nm"] + 1.0
     later["event_timestamp"] = later["event_timestamp"] + pd.Timedelta(microseconds=1500)
@@ -35,7 +39,11 @@ def batches(contract: Any) -> list[Any]:
     older = frame.iloc[150:200].copy()  # older than what the second write stored
     older["torque_nm"] = 0.0
     older["event_timestamp"] = older["event_timestamp"] - pd.Timedelta(days=1)
-    return [pa.RecordBatch.from_pandas(f, preserve_index=False) for f in (frame.iloc[:200], later, older)]
+    same = frame.iloc[:20].copy()  # what the first write stored (these are not overwritten later)
+    same["torque_nm"] = -1.0
+    same.loc[12, "event_timestamp"] = same.loc[12, "event_timestamp"] + pd.Timedelta(microseconds=1)
+    writes = (frame.iloc[:200], later, older, same)
+    return [pa.RecordBatch.from_pandas(f, preserve_index=False) for f in writes]
 
 
 def write(state: Path, fast: bool, redis: str | None) -> Any:
@@ -53,10 +61,12 @@ def write(state: Path, fast: bool, redis: str | None) -> Any:
     store.apply(list(feast_repo.definitions(contract, "0123456789abcdef")))
     view = store.get_feature_view(contract.feature_view)
     key, ts = contract.entity_key, feast_repo.EVENT_TIMESTAMP
+    if fast and redis:  # every write through one writer: the next encoded while one is sent
+        assert redis_fast.supports(store, view)
+        redis_fast.Writer(store, view, key, ts).write_all(batches(contract))
     for batch in batches(contract):
         if fast and redis:
-            assert redis_fast.supports(store, view)
-            redis_fast.Writer(store, view, key, ts).write(batch)
+            pass
         elif fast:
             assert sqlite_fast.supports(store, view)
             # a small chunk: several upsert transactions, split inside the key order

@@ -11,7 +11,8 @@ keeps one row per entity, the newest, so this writes only those, streaming:
    (``_convert_arrow_to_proto``, the conversion ``materialize`` uses) and written with the
    online store's ``online_write_batch`` in batches of ``batch_rows`` (the same rows encoded
    directly on SQLite, staged per entity and upserted once in the table's key order by
-   ``sqlite_fast``, and on Redis by ``redis_fast``);
+   ``sqlite_fast``, and on Redis by ``redis_fast``: a server-side compare-and-set per chunk of
+   entities, the next batch encoded while the server writes the previous one);
 4. the materialised interval is recorded in the registry, as ``materialize`` does.
 """
 
@@ -94,13 +95,19 @@ def write_online(contract: Contract, parquet: pq.ParquetFile, rows: list[np.ndar
             for batch in _batches(parquet, rows, columns, batch_rows):
                 staged.add(batch)
             return staged.commit()
-    written = 0
     if redis_fast.supports(store, view):
         writer = redis_fast.Writer(store, view, contract.entity_key, feast_repo.EVENT_TIMESTAMP)
-        for batch in _batches(parquet, rows, columns, batch_rows):
-            writer.write(batch)
-            written += batch.num_rows
+        written = 0
+
+        def counted() -> Iterator[pa.RecordBatch]:  # rows offered (a skipped older row counts)
+            nonlocal written
+            for batch in _batches(parquet, rows, columns, batch_rows):
+                written += batch.num_rows
+                yield batch
+
+        writer.write_all(counted())
         return written
+    written = 0
     for batch in _batches(parquet, rows, columns, batch_rows):
         rows_proto = _convert_arrow_to_proto(batch, view, join_keys)
         provider.online_write_batch(store.config, view, rows_proto, None)

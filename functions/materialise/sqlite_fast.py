@@ -8,6 +8,8 @@ features directly (the protobuf bytes of ``Value.double_val`` / ``int64_val`` /
 
 1. each batch goes into a connection-private staging table, **one row per entity** with every
    feature's value and text as columns (one ``executemany`` row per entity, not per cell);
+   (``event_ts`` as the whole seconds Feast's datetime adapter stores, computed from the
+   column: ``event_ts``);
 2. ``commit`` indexes the staged keys and upserts them into the view's table with
    ``INSERT … SELECT`` (staged rows × feature names, in the table's key order), in transactions
    of ``chunk_entities`` entities.
@@ -24,15 +26,17 @@ so and the caller uses Feast's path. tests/test_ingest_chunked.py checks the row
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from functions.materialise import encoding
 
-__all__ = ["Staged", "supports", "write_batch", "write_rows"]
+__all__ = ["Staged", "event_ts", "supports", "write_batch", "write_rows"]
 
 # Entities upserted per transaction: readers wait at most one of these (about a second).
 CHUNK_ENTITIES = 50_000
@@ -46,6 +50,19 @@ def supports(store: Any, view: Any) -> bool:
     if getattr(online, "enable_openai_compatible_store", False) or len(view.entity_columns) != 1:
         return False
     return all(str(f.dtype) in encoding.SUPPORTED_TYPES for f in view.features)
+
+
+def event_ts(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """What Feast's store puts in ``event_ts`` for these event times: it passes naive UTC
+    datetimes, which its registered adapter turns into ``int(dt.timestamp())`` (whole seconds,
+    towards zero, reading the naive time as local time). Computed from the microseconds when
+    local time is UTC; otherwise the datetimes are passed, as Feast does."""
+    micros = encoding.timestamps(column)
+    if time.timezone or (time.daylight and time.altzone):
+        return micros.cast(pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us")).to_pylist()
+    values = micros.to_numpy(zero_copy_only=False)
+    seconds, rest = np.divmod(values, 1_000_000)
+    return (seconds + ((seconds < 0) & (rest != 0))).tolist()
 
 
 class Staged:
@@ -99,9 +116,7 @@ class Staged:
     def add(self, batch: pa.RecordBatch) -> None:
         """Stage ``batch`` (join key, event time, the view's features): one row per entity."""
         keys = encoding.entity_keys(self._prefix, batch.column(self._join_key))
-        utc = batch.column(self._timestamp_field).cast(pa.timestamp("us", tz="UTC"))
-        naive = utc.cast(pa.timestamp("us")).to_pylist()  # naive UTC datetimes, as Feast writes them
-        columns: list[list[Any]] = [keys, naive]
+        columns: list[list[Any]] = [keys, event_ts(batch.column(self._timestamp_field))]
         for feature in self._features:
             columns.extend(encoding.cells(str(feature.dtype), batch.column(feature.name)))
         marks = ", ".join("?" * len(columns))
@@ -130,7 +145,9 @@ class Staged:
             f"INSERT INTO {self._table} (entity_key, feature_name, value, value_text, event_ts, created_ts)"
             f" SELECT s.entity_key, n.name, {value}, {text}, s.event_ts, NULL"
             f" FROM {self._stage} AS s CROSS JOIN {self._names} AS n WHERE s.entity_key >= ?{{upper}}"
-            " ORDER BY s.entity_key, n.i"
+            # by key only: n is scanned in its rowid (name) order per staged row; "n.i" here
+            # costs a sorter per entity (1,000,000 entities: 17.2 s CPU with it, 14.7 s without)
+            " ORDER BY s.entity_key"
             " ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value,"
             " value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
         )
