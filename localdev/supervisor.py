@@ -215,9 +215,11 @@ class Supervisor:
             self.config.auth.write_workload_tokens(self.topology)
         self._start(components.seaweedfs(self.config), 60)
         self._create_buckets()
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             kafka = pool.submit(self._start, components.tansu(self.config), 60)
             mlflow = pool.submit(self._start, components.mlflow(self.config), timeout)
+            if self.zygotes is not None:  # functions start at zero: their first event forks
+                pool.submit(self.zygotes.warm, {fn.environment for fn in self.topology.functions.values()})
             kafka.result()
             self._create_topics()
             starting = [

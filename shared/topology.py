@@ -150,8 +150,11 @@ KPA_WINDOW_RANGE_S = (6.0, 3600.0)
 class Scaling:
     """KEDA / Knative scaling bounds for a function."""
 
-    min_replicas: int = 1
+    min_replicas: int = 0  # serverless: no process while nothing happens
     max_replicas: int = 1
+    # why a function cannot be at zero (``minReplicaReason``; every product function with a
+    # minReplicaCount above 0 gives one: tests/test_scaling_policy.py)
+    min_reason: str = ""
     # KEDA kafka-trigger options (lagThreshold, activationLagThreshold, allowIdleConsumers ...),
     # with KEDA's names and defaults; validated as KEDA validates them.
     keda: KafkaScalerMetadata = field(default_factory=KafkaScalerMetadata)
@@ -297,11 +300,15 @@ def _scaling(doc: dict[str, Any], where: str, kind: str) -> Scaling:
         "scaleDownStabilization": ("scale_down_stabilization_s", float, 0),
         "stableWindow": ("stable_window_s", float, 0),
     }
-    known = sorted([*names, *KEDA_OPTIONS])
+    known = sorted([*names, *KEDA_OPTIONS, "minReplicaReason"])
     unknown = set(doc) - set(known)
     if unknown:
         raise TopologyError(f"{where}.scaling: unknown field(s) {sorted(unknown)}; known: {known}")
     values: dict[str, Any] = {}
+    if "minReplicaReason" in doc:
+        if not isinstance(doc["minReplicaReason"], str) or not doc["minReplicaReason"].strip():
+            raise TopologyError(f"{where}.scaling.minReplicaReason must be a sentence saying why")
+        values["min_reason"] = doc["minReplicaReason"].strip()
     for key, (attribute, number_type, minimum) in names.items():
         if key in doc:
             values[attribute] = _number(doc[key], number_type, minimum, f"{where}.scaling.{key}")

@@ -119,6 +119,10 @@ def running_stack(state_dir: Path, port_base: int, function_dirs: str, storage: 
         # a dedicated stack starts while the session's stack runs: on 2 busy cores its
         # training-environment replicas (two each in test_replicas) can take minutes to import
         "FAASPIPE_START_TIMEOUT_S": os.environ.get("FAASPIPE_START_TIMEOUT_S", "420"),
+        # functions idle at zero between tests and wake by a fork; a zygote that idled out would
+        # make the next wake-up of its environment an import of seconds, against tests' waits.
+        # Idle-out itself is tested in tests/test_zygote.py.
+        "FAASPIPE_ZYGOTE_IDLE_S": os.environ.get("FAASPIPE_ZYGOTE_IDLE_S", "7200"),
     }
     stack = Stack(env, state_dir)
     result = stack.cli("up", timeout=900)

@@ -60,3 +60,29 @@ KNATIVE_TARGET_CASES = [
 def test_knative_resolve_metric_target(case: str, target: int, cc: int, tu: float, want: float) -> None:
     policy = replace(POLICY, concurrency_target=target, target_utilization_percentage=tu)
     assert kpa_target(policy, cc) == pytest.approx(want), case
+
+
+# --- zero by default (issue 13) ------------------------------------------------------------
+
+
+def test_every_product_function_is_at_zero_unless_its_function_yaml_says_why() -> None:
+    from shared.topology import load_topology
+
+    functions = load_topology().functions.values()
+    warm = {fn.name: fn.scaling.min_reason for fn in functions if fn.scaling.min_replicas > 0}
+    assert all(warm.values()), f"minReplicaCount > 0 without minReplicaReason: {warm}"
+    assert set(warm) == {"stream-features", "object-events"}  # every other function scales to zero
+    assert Scaling().min_replicas == 0  # and a function.yaml that says nothing is at zero too
+
+
+@pytest.mark.parametrize("reason", ["", "  ", 3])
+def test_an_empty_min_replica_reason_is_refused_naming_the_field(tmp_path, reason) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from shared.topology import TopologyError, load_function
+
+    path = tmp_path / "function.yaml"
+    doc = {"name": "x", "module": "m", "scaling": {"minReplicaCount": 1, "minReplicaReason": reason}}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(TopologyError, match="minReplicaReason"):
+        load_function(path)

@@ -169,6 +169,28 @@ class ZygotePool:
         log.error("no zygote for %s: %s starts as a new process", environment, child.name)
         return None
 
+    def warm(self, environments: set[str]) -> dict[str, str]:
+        """Start the zygotes of ``environments`` side by side (``faaspipe up``: with functions at
+        zero, the first event should not wait for an import); their errors, by environment."""
+        errors: dict[str, str] = {}
+
+        def start(environment: str) -> None:
+            zygote = self.zygote(environment)
+            with zygote.lock:
+                zygote.last_used = time.monotonic()
+                try:
+                    zygote.ensure_running(self.start_timeout_s)
+                except (OSError, ZygoteUnavailable) as exc:
+                    errors[environment] = str(exc)
+                    log.error("zygote %s did not start: %s", environment, exc)
+
+        threads = [threading.Thread(target=start, args=(env,), daemon=True) for env in sorted(environments)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return errors
+
     def idle_out(self) -> list[str]:
         """Stop zygotes that forked nothing for ``idle_s``; return their environments."""
         stopped = []
