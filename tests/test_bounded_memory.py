@@ -80,17 +80,16 @@ def drop_and_follow(stack: Stack, path: Path, timeout: float) -> tuple[dict[str,
 
 
 def replicas(stack: Stack, function: str) -> list[int]:
-    """The pids of ``function``'s replicas on this stack."""
-    marks = (f"FAASPIPE_FUNCTION={function}\0".encode(), str(stack.state_dir).encode())
+    """The pids of ``function``'s replicas on this stack: each replica's server and its worker
+    (from the supervisor's status: a replica forked from a zygote keeps the zygote's
+    ``/proc/PID/environ``, so the environment cannot name it)."""
+    status = json.loads(stack.cli("status", "--json").stdout)["functions"][function]
     found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                environ = b"\0" + (proc / "environ").read_bytes()
-            except OSError:
-                continue
-            if b"\0" + marks[0] in environ and marks[1] in environ:
-                found.append(int(proc.name))
+    for replica in status["replicas"]:
+        if replica["pid"] and replica["state"] == "ready":
+            pid = int(replica["pid"])
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            found += [pid, *map(int, children)]
     return found
 
 

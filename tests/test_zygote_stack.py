@@ -40,8 +40,8 @@ def test_replicas_are_the_supervisors_children_forked_from_their_environments_zy
         cmdline = Path(f"/proc/{replica['pid']}/cmdline").read_bytes().split(b"\0")
         assert b"shared.runtime" in cmdline and name.encode() in cmdline  # `ps` names the replica
     environments = {doc["functions"][name]["environment"] for name, _ in replicas}
-    running = {env for env, z in doc["zygotes"].items() if z["running"]}
-    assert running and environments <= running
+    # each environment's zygote forked them; it may since have idled out (FAASPIPE_ZYGOTE_IDLE_S)
+    assert environments <= {env for env, z in doc["zygotes"].items() if z["forks"] > 0}
 
 
 def test_a_zygote_killed_while_a_scale_up_waits_on_it_is_restarted_and_the_events_delivered(
